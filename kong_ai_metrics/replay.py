@@ -1,0 +1,315 @@
+"""``kong-ai-metrics replay``: captured LLM exchanges through a real plugin server.
+
+Each HAR entry becomes a request that the Kong emulator sends through a freshly started
+``kong-ai-metrics`` process, over its Unix socket, as Kong would: StartInstance,
+HandleEvent for access, the proxied answer, then the log timer. After each exchange the
+sidecar is scraped, and the change in the series is what the table shows, so the table
+reports what the process really counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import brotli
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from .kong_emulator import KongRequest, KongWorker, UpstreamResponse, query_plugin_info
+from .kong_schema import ConfigError
+from .providers import read_request
+
+log = logging.getLogger("kong_ai_metrics.replay")
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+# A capture tool usually stores the decoded body but keeps the Content-Encoding header;
+# Kong hands the plugin the bytes as they came off the wire, so those are rebuilt.
+_ENCODERS = {
+    "gzip": gzip.compress,
+    "x-gzip": gzip.compress,
+    "deflate": zlib.compress,
+    "br": brotli.compress,
+}
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One HAR entry as the emulator needs it."""
+
+    source: str
+    request: KongRequest
+    response: UpstreamResponse
+
+
+def load_har(path: str) -> list[Capture]:
+    """Read a HAR file and return its entries; raise ValueError naming what is wrong."""
+    with open(path, "rb") as handle:
+        try:
+            document = json.load(handle)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a HAR file: {exc}") from exc
+    entries = document.get("log", {}).get("entries") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: not a HAR file: missing log.entries")
+    return [_capture(entry, f"{os.path.basename(path)}#{index + 1}") for index, entry in enumerate(entries)]
+
+
+def _capture(entry: dict[str, Any], source: str) -> Capture:
+    request = entry["request"]
+    response = entry["response"]
+    url = urlsplit(request["url"])
+    request_headers = _headers(request.get("headers"))
+    body = (request.get("postData") or {}).get("text") or ""
+    response_headers = _headers(response.get("headers"))
+    response_headers.pop("content-length", None)
+    extra = entry.get("_kong") or {}
+    kong_request = KongRequest(
+        method=request.get("method", "POST"),
+        path=url.path or "/",
+        query=url.query,
+        headers=request_headers,
+        body=body.encode("utf-8"),
+        service_host=url.hostname or "",
+        service_port=url.port or (443 if url.scheme == "https" else 80),
+        service_protocol=url.scheme or "https",
+        workspace_name=extra.get("workspace", "default"),
+        ai_statistics=extra.get("ai"),
+    )
+    upstream = UpstreamResponse(
+        status=int(response.get("status", 0)),
+        headers=response_headers,
+        body=_wire_body(response.get("content") or {}, response_headers.get("content-encoding")),
+        latency_ms=int(entry.get("timings", {}).get("wait", 0) or entry.get("time", 0) or 0),
+    )
+    return Capture(source, kong_request, upstream)
+
+
+def _headers(items: Any) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for item in items or []:
+        name = str(item.get("name", "")).lower()
+        if name and not name.startswith(":"):
+            headers[name] = str(item.get("value", ""))
+    return headers
+
+
+def _wire_body(content: dict[str, Any], encoding: str | None) -> bytes:
+    text = content.get("text") or ""
+    data = base64.b64decode(text) if content.get("encoding") == "base64" else text.encode("utf-8")
+    coding = (encoding or "").strip().lower()
+    if coding in _ENCODERS and not _is_encoded(data, coding):
+        data = _ENCODERS[coding](data)
+    return data
+
+
+def _is_encoded(data: bytes, coding: str) -> bool:
+    try:
+        if coding in ("gzip", "x-gzip"):
+            return data[:2] == b"\x1f\x8b"
+        if coding == "deflate":
+            zlib.decompressobj().decompress(data[:64])
+            return True
+        brotli.decompress(data)
+        return True
+    except (zlib.error, brotli.error):
+        return False
+
+
+def load_config(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {"ai_metrics": True}
+    with open(path, encoding="utf-8") as handle:
+        loaded = yaml.safe_load(handle)
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of plugin config fields")
+    return loaded
+
+
+# ---------------------------------------------------------------------------------
+# Running the server
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _server_command() -> list[str]:
+    return [sys.executable, "-m", "kong_ai_metrics"]
+
+
+@contextmanager
+def running_server(listen: str, prefix_args: list[str]) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    """Start ``kong-ai-metrics`` in a temporary Kong prefix; yield its socket path, metrics URL and process."""
+    with tempfile.TemporaryDirectory(prefix="kong-ai-metrics-") as prefix:
+        socket_path = os.path.join(prefix, "ai-metrics.socket")
+        process = subprocess.Popen(
+            [*_server_command(), "-p", prefix, "--metrics-listen", listen, *prefix_args],
+            stdout=subprocess.DEVNULL,
+            stderr=None,
+        )
+        host, _, port = listen.rpartition(":")
+        url = f"http://{host}:{port}/metrics"
+        try:
+            _wait_ready(process, socket_path, url)
+            yield socket_path, url, process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _wait_ready(process: subprocess.Popen[bytes], socket_path: str, url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"kong-ai-metrics exited with status {process.returncode} before it was ready")
+        if os.path.exists(socket_path):
+            try:
+                with urllib.request.urlopen(url.replace("/metrics", "/healthz"), timeout=1) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                pass
+        time.sleep(0.05)
+    raise RuntimeError(f"kong-ai-metrics was not ready after {timeout:.0f} s")
+
+
+def scrape(url: str) -> tuple[str, Samples]:
+    """Return the exposition text at ``url`` and its samples keyed by name and labels."""
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode("utf-8")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return text, samples
+
+
+# ---------------------------------------------------------------------------------
+# The table
+
+
+@dataclass
+class Row:
+    source: str
+    provider: str = "-"
+    model: str = "-"
+    stream: str = "-"
+    prompt: str = "-"
+    completion: str = "-"
+    total: str = "-"
+    cached: str = "-"
+    reasoning: str = "-"
+    cost: str = "-"
+    note: str = ""
+
+
+def _row_from_delta(capture: Capture, prefix: str, before: Samples, after: Samples) -> Row:
+    row = Row(capture.source)
+    facts = read_request(capture.request.upstream_uri, capture.request.body, len(capture.request.body) + 1)
+    row.stream = "yes" if facts.stream else "no"
+    delta = {key: value - before.get(key, 0.0) for key, value in after.items() if value != before.get(key, 0.0)}
+    for (name, labels), value in sorted(delta.items()):
+        label = dict(labels)
+        if name == f"{prefix}ai_llm_requests_total":
+            row.provider = label.get("ai_provider") or "-"
+            row.model = label.get("ai_model") or "-"
+        elif name == f"{prefix}ai_llm_tokens_total":
+            column = {
+                "prompt_tokens": "prompt",
+                "completion_tokens": "completion",
+                "total_tokens": "total",
+                "cached_tokens": "cached",
+                "reasoning_tokens": "reasoning",
+            }.get(label.get("token_type", ""))
+            if column:
+                setattr(row, column, f"{value:.0f}")
+        elif name == f"{prefix}ai_llm_cost_total":
+            row.cost = f"{value:.6g}"
+        elif name == f"{prefix}ai_llm_usage_unknown_total":
+            row.note = f"usage unknown: {label.get('reason')}"
+    if row.provider == "-" and not row.note:
+        row.note = "not counted as an LLM exchange"
+    return row
+
+
+def _print_table(rows: list[Row]) -> None:
+    headers = ["exchange", "provider", "model", "stream", "prompt", "completion", "total", "cached", "reasoning", "cost", "note"]
+    cells = [[r.source, r.provider, r.model, r.stream, r.prompt, r.completion, r.total, r.cached, r.reasoning, r.cost, r.note] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for line in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+        captures = [capture for path in args.files for capture in load_har(path)]
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        print(f"kong-ai-metrics replay: {exc}", file=sys.stderr)
+        return 2
+
+    listen = args.metrics_listen if args.serve else f"127.0.0.1:{_free_port()}"
+    prefix = args.metric_prefix
+    dump = subprocess.run([*_server_command(), "-dump"], capture_output=True, check=True, text=True).stdout
+    info = query_plugin_info(dump)
+
+    try:
+        server_args = ["--metric-prefix", prefix] + (["-v"] * args.verbose if args.verbose else ["--quiet"])
+        with running_server(listen, server_args) as (socket_path, url, process):
+            try:
+                worker = KongWorker(socket_path, info, config)
+            except ConfigError as exc:
+                print(f"kong-ai-metrics replay: {exc}", file=sys.stderr)
+                return 2
+            rows = []
+            _, before = scrape(url)
+            for capture in captures:
+                outcome = worker.exchange(capture.request, capture.response)
+                text, after = scrape(url)
+                row = _row_from_delta(capture, prefix, before, after)
+                if outcome.access.status not in ("ok", "exit") or outcome.log.status != "ok":
+                    row.note = (row.note + "; " if row.note else "") + f"Kong: access {outcome.access.status}, log {outcome.log.status}"
+                rows.append(row)
+                before = after
+            worker.close()
+
+            _print_table(rows)
+            print()
+            print(text, end="")
+            if args.serve:
+                print(f"\nServing {url} until interrupted (Ctrl-C).", file=sys.stderr)
+                try:
+                    process.wait()
+                except KeyboardInterrupt:
+                    pass
+    except RuntimeError as exc:
+        print(f"kong-ai-metrics replay: {exc}", file=sys.stderr)
+        return 1
+    return 0

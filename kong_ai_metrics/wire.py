@@ -1,0 +1,224 @@
+"""Byte-level decoding shared by the provider parsers: content encodings, JSON, SSE, NDJSON.
+
+Everything here is pure and bounded: no function reads more than the limit it is given,
+and malformed input raises ``WireError`` (never anything else) so that callers can turn
+it into an unknown-usage reason.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import brotli
+
+try:
+    import orjson
+
+    _orjson_loads = orjson.loads
+except ImportError:  # pragma: no cover - orjson is a declared dependency
+    _orjson_loads = None
+
+
+class WireError(ValueError):
+    """The body could not be decoded; ``reason`` is an unknown-usage reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class BodyTooLarge(WireError):
+    pass
+
+
+_CHUNK = 64 * 1024
+
+
+def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo ``Content-Encoding`` (gzip, x-gzip, deflate, br, identity), inflating at most ``limit`` bytes.
+
+    Several codings listed with commas are undone in reverse order, as RFC 9110
+    section 8.4 prescribes. Output is produced in bounded steps, so a decompression
+    bomb stops at ``limit`` instead of filling memory.
+    """
+    if not encoding:
+        return _check_size(body, limit)
+    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
+    for coding in reversed(codings):
+        if coding in ("identity", ""):
+            continue
+        if coding in ("gzip", "x-gzip"):
+            body = _inflate(body, zlib.MAX_WBITS | 16, limit)
+        elif coding == "deflate":
+            # RFC 9110 deflate is zlib-wrapped, but some servers send raw deflate.
+            try:
+                body = _inflate(body, zlib.MAX_WBITS, limit)
+            except WireError as exc:
+                if isinstance(exc, BodyTooLarge):
+                    raise
+                body = _inflate(body, -zlib.MAX_WBITS, limit)
+        elif coding == "br":
+            body = _unbrotli(body, limit)
+        else:
+            raise WireError("decode_failed", f"unsupported Content-Encoding {coding!r}")
+    return _check_size(body, limit)
+
+
+def _check_size(body: bytes, limit: int) -> bytes:
+    if len(body) > limit:
+        raise BodyTooLarge("body_too_large", f"body of {len(body)} bytes exceeds max_body_size={limit}")
+    return body
+
+
+def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    out = bytearray()
+    pending = data
+    try:
+        while pending:
+            out += inflater.decompress(pending, limit + 1 - len(out))
+            if len(out) > limit:
+                raise BodyTooLarge("body_too_large", f"body inflates past max_body_size={limit}")
+            pending = inflater.unconsumed_tail
+        out += inflater.flush(limit + 1 - len(out))
+    except zlib.error as exc:
+        raise WireError("decode_failed", f"invalid compressed body: {exc}") from exc
+    if len(out) > limit:
+        raise BodyTooLarge("body_too_large", f"body inflates past max_body_size={limit}")
+    if not inflater.eof:
+        raise WireError("decode_failed", "compressed body ends before its end marker")
+    # A gzip body may hold several members back to back (RFC 1952 section 2.2).
+    if inflater.unused_data and wbits & 16:
+        return bytes(out) + _inflate(inflater.unused_data, wbits, limit - len(out))
+    return bytes(out)
+
+
+def _unbrotli(data: bytes, limit: int) -> bytes:
+    decoder = brotli.Decompressor()
+    out = bytearray()
+    try:
+        for start in range(0, len(data), _CHUNK):
+            out += decoder.process(data[start : start + _CHUNK])
+            if len(out) > limit:
+                raise BodyTooLarge("body_too_large", f"body inflates past max_body_size={limit}")
+        finished = decoder.is_finished()
+    except brotli.error as exc:
+        raise WireError("decode_failed", f"invalid brotli body: {exc}") from exc
+    if not finished:
+        raise WireError("decode_failed", "brotli body ends before its end marker")
+    return bytes(out)
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse JSON, raising ``WireError('malformed_body')`` for any invalid document.
+
+    Deep nesting, invalid UTF-8 and numbers out of range are all reported the same way.
+    """
+    try:
+        if _orjson_loads is not None:
+            return _orjson_loads(data)
+        return json.loads(data)
+    except (ValueError, RecursionError, TypeError) as exc:
+        raise WireError("malformed_body", f"invalid JSON: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class SSEEvent:
+    event: str
+    data: str
+
+
+class SSEDecoder:
+    """Incremental server-sent events decoder (WHATWG rules).
+
+    Lines may end in LF, CRLF or CR; comment lines (leading ``:``) are skipped; one
+    space after the field colon is removed; several ``data`` lines join with LF; an
+    event is dispatched at a blank line. Feed bytes as they arrive, in any split, then
+    call ``flush``: it reports whether the stream ended in the middle of an event.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._event = ""
+        self._data: list[str] = []
+        self._has_field = False
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buf = self._buffer + chunk if self._buffer else chunk
+        events: list[SSEEvent] = []
+        pos = 0
+        size = len(buf)
+        while pos < size:
+            lf = buf.find(b"\n", pos)
+            cr = buf.find(b"\r", pos, lf if lf != -1 else size)
+            start = pos
+            if cr != -1:
+                # A CR at the very end may be the first half of a CRLF still in transit.
+                if cr + 1 == size:
+                    break
+                end, pos = cr, cr + (2 if buf[cr + 1] == 0x0A else 1)
+            elif lf != -1:
+                end, pos = lf, lf + 1
+            else:
+                break
+            event = self._process_line(buf[start:end])
+            if event is not None:
+                events.append(event)
+        self._buffer = buf[pos:]
+        return events
+
+    def flush(self) -> tuple[list[SSEEvent], bool]:
+        """Return the events still pending and whether the stream ended mid-event."""
+        events: list[SSEEvent] = []
+        if self._buffer.endswith(b"\r"):
+            # The stream is over, so a trailing CR is a complete line ending.
+            events = self.feed(b"\n")
+        leftover = bool(self._buffer.strip()) or self._has_field
+        self._buffer = b""
+        self._event = ""
+        self._data = []
+        self._has_field = False
+        return events, leftover
+
+    def _process_line(self, raw: bytes) -> SSEEvent | None:
+        if not raw:
+            if not self._has_field:
+                return None
+            event = SSEEvent(self._event, "\n".join(self._data))
+            self._event, self._data, self._has_field = "", [], False
+            return event
+        line = raw.decode("utf-8", errors="replace")
+        if line.startswith(":"):
+            return None
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            self._event = value
+            self._has_field = True
+        elif name == "data":
+            self._data.append(value)
+            self._has_field = True
+        return None
+
+
+def iter_sse(body: bytes) -> tuple[list[SSEEvent], bool]:
+    """Decode a whole SSE body; return its events and whether it ended mid-event."""
+    decoder = SSEDecoder()
+    events = decoder.feed(body)
+    tail, incomplete = decoder.flush()
+    return events + tail, incomplete
+
+
+def iter_ndjson(body: bytes) -> Iterator[Any]:
+    """Yield each JSON object of a newline-delimited JSON body, skipping blank lines.
+
+    A line that is not valid JSON raises ``WireError``.
+    """
+    for line in body.splitlines():
+        if line.strip():
+            yield loads(line)
