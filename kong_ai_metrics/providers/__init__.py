@@ -2,8 +2,9 @@
 
 Everything here is pure: bytes and plain values in, a small record out, no PDK and no
 metrics. Each provider family has its own module with a
-``parse_response(route, body, stream) -> Usage`` function; ``body`` has already had its
-``Content-Encoding`` removed.
+``parse_response(route, body, stream, headers) -> Usage`` function: ``body`` has already
+had its ``Content-Encoding`` removed, and ``headers`` are the response headers with
+lower-case names (some providers report counts there).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..detect import Route
 from ..wire import WireError, decode_content, loads
 from . import anthropic, openai
 
-ResponseParser = Callable[[Route, bytes, bool], u.Usage]
+ResponseParser = Callable[[Route, bytes, bool, Mapping[str, str]], u.Usage]
 
 # Provider label value -> parser of its response bodies.
 PARSERS: dict[str, ResponseParser] = {
@@ -105,6 +106,6 @@ def parse_response(
     stream = stream or is_stream_content_type(headers.get("content-type"))
     try:
         decoded = decode_content(body, headers.get("content-encoding"), limit)
-        return parser(route, decoded, stream)
+        return parser(route, decoded, stream, headers)
     except WireError as exc:
         return u.unknown(exc.reason)

@@ -9,6 +9,7 @@ earlier values field by field. Adding them would count the placeholder twice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -20,7 +21,7 @@ from ._common import count_at, dig, text_at
 _USAGE_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
 
 
-def parse_response(route: Route, body: bytes, stream: bool) -> u.Usage:
+def parse_response(route: Route, body: bytes, stream: bool, headers: Mapping[str, str]) -> u.Usage:
     """Parse a whole Messages response or, when ``stream`` is set, its SSE stream."""
     if stream:
         return _parse_stream(body)

@@ -8,6 +8,7 @@ taken as reported.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..wire import WireError, iter_sse, loads
 from ._common import count_at, dig, text_at
 
 
-def parse_response(route: Route, body: bytes, stream: bool) -> u.Usage:
+def parse_response(route: Route, body: bytes, stream: bool, headers: Mapping[str, str]) -> u.Usage:
     """Parse a whole JSON body or, when ``stream`` is set, an SSE body."""
     if stream:
         return _parse_stream(route, body)
