@@ -65,8 +65,10 @@ _ANTHROPIC_VERTEX_PATH = re.compile(
     r"/publishers/anthropic/models/(?P<model>[^/:]+):(?P<op>rawPredict|streamRawPredict)$"
 )
 _GEMINI_PATH = re.compile(r"/models/(?P<model>[^/:]+):(?P<op>[A-Za-z]+)$")
+# Clients send ARN model ids with "/" encoded as %2F; an ARN whose "/" arrives decoded
+# still names the model, so ARNs may span several path segments.
 _BEDROCK_PATH = re.compile(
-    r"/model/(?P<model>[^/]+)/(?P<op>converse|converse-stream|invoke|invoke-with-response-stream)$"
+    r"/model/(?P<model>arn:.+?|[^/]+)/(?P<op>converse|converse-stream|invoke|invoke-with-response-stream)$"
 )
 _COHERE_PATH = re.compile(r"/(?P<version>v1|v2)/(?P<op>chat|generate|embed)/?$")
 _OLLAMA_PATH = re.compile(r"/api/(?P<op>chat|generate|embed|embeddings)/?$")

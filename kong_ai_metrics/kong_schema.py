@@ -43,13 +43,13 @@ def validate_config(fields: list[dict[str, Any]], config: dict[str, Any] | None)
     Raises ConfigError naming every invalid field.
     """
     errors: dict[str, str] = {}
-    result = _record(fields, config if config is not None else {}, "config", errors, top_level=True)
+    result = _record(fields, config if config is not None else {}, "config", errors)
     if errors:
         raise ConfigError(errors)
     return result
 
 
-def _record(fields: list[dict[str, Any]], value: Any, path: str, errors: dict[str, str], top_level: bool = False) -> Any:
+def _record(fields: list[dict[str, Any]], value: Any, path: str, errors: dict[str, str]) -> Any:
     if not isinstance(value, dict):
         errors[path] = "expected a record"
         return None
@@ -58,14 +58,14 @@ def _record(fields: list[dict[str, Any]], value: Any, path: str, errors: dict[st
     for entry in fields:
         ((name, definition),) = entry.items()
         known.add(name)
-        out[name] = _field(definition, value.get(name), f"{path}.{name}", errors, in_plugin_config=True)
+        out[name] = _field(definition, value.get(name), f"{path}.{name}", errors)
     for name in value:
         if name not in known:
             errors[f"{path}.{name}"] = "unknown field"
     return out
 
 
-def _field(definition: dict[str, Any], value: Any, path: str, errors: dict[str, str], in_plugin_config: bool = False) -> Any:
+def _field(definition: dict[str, Any], value: Any, path: str, errors: dict[str, str]) -> Any:
     unsupported = set(definition) - _SUPPORTED_ATTRIBUTES
     if unsupported:
         errors[path] = f"schema uses unsupported attributes {sorted(unsupported)}"
@@ -74,9 +74,9 @@ def _field(definition: dict[str, Any], value: Any, path: str, errors: dict[str, 
     if value is None:
         if "default" in definition:
             return copy.deepcopy(definition["default"])
-        # Kong makes nested records required unless they say otherwise, and expands
-        # an absent one with its own defaults.
-        if kind == "record" and in_plugin_config and definition.get("required", True) is not False:
+        # Inside a plugin config Kong makes record fields required unless they say
+        # otherwise, and expands an absent one with its own defaults.
+        if kind == "record" and definition.get("required", True) is not False:
             value = {}
         elif definition.get("required") is True:
             errors[path] = "required field missing"
