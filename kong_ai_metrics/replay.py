@@ -24,7 +24,7 @@ import urllib.request
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,9 +32,12 @@ import brotli
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from .config import PluginConfig
+from .cost import CostSplit, compute_cost
 from .kong_emulator import KongRequest, KongWorker, UpstreamResponse, query_plugin_info
 from .kong_schema import ConfigError
 from .providers import read_request
+from .usage import Usage
 
 log = logging.getLogger("kong_ai_metrics.replay")
 
@@ -217,16 +220,16 @@ class Row:
     provider: str = "-"
     model: str = "-"
     stream: str = "-"
-    prompt: str = "-"
-    completion: str = "-"
-    total: str = "-"
-    cached: str = "-"
-    reasoning: str = "-"
-    cost: str = "-"
+    tokens: dict[str, int] = field(default_factory=dict)
+    cost: float | None = None
+    split: CostSplit | None = None
     note: str = ""
 
 
-def _row_from_delta(capture: Capture, prefix: str, before: Samples, after: Samples) -> Row:
+_TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
+
+
+def _row_from_delta(capture: Capture, prefix: str, config: PluginConfig, before: Samples, after: Samples) -> Row:
     row = Row(capture.source)
     facts = read_request(capture.request.upstream_uri, capture.request.body, len(capture.request.body) + 1)
     row.stream = "yes" if facts.stream else "no"
@@ -236,33 +239,62 @@ def _row_from_delta(capture: Capture, prefix: str, before: Samples, after: Sampl
         if name == f"{prefix}ai_llm_requests_total":
             row.provider = label.get("ai_provider") or "-"
             row.model = label.get("ai_model") or "-"
-        elif name == f"{prefix}ai_llm_tokens_total":
-            column = {
-                "prompt_tokens": "prompt",
-                "completion_tokens": "completion",
-                "total_tokens": "total",
-                "cached_tokens": "cached",
-                "reasoning_tokens": "reasoning",
-            }.get(label.get("token_type", ""))
-            if column:
-                setattr(row, column, f"{value:.0f}")
+        elif name == f"{prefix}ai_llm_tokens_total" and label.get("token_type") in _TOKEN_COLUMNS:
+            row.tokens[label["token_type"]] = round(value)
         elif name == f"{prefix}ai_llm_cost_total":
-            row.cost = f"{value:.6g}"
+            row.cost = value
         elif name == f"{prefix}ai_llm_usage_unknown_total":
             row.note = f"usage unknown: {label.get('reason')}"
     if row.provider == "-" and not row.note:
         row.note = "not counted as an LLM exchange"
+
+    # The split is recomputed from the counted tokens with the plugin's own price
+    # lookup; the total column is the cost the process counted.
+    price = config.price_for(row.model)
+    if row.cost is not None and price is not None:
+        usage = Usage(
+            prompt_tokens=row.tokens.get("prompt_tokens", 0),
+            completion_tokens=row.tokens.get("completion_tokens", 0),
+            cached_tokens=row.tokens.get("cached_tokens"),
+            cache_write_tokens=row.tokens.get("cache_write_tokens"),
+        )
+        row.split = compute_cost(usage, price)
     return row
 
 
-def _print_table(rows: list[Row]) -> None:
-    headers = ["exchange", "provider", "model", "stream", "prompt", "completion", "total", "cached", "reasoning", "cost", "note"]
-    cells = [[r.source, r.provider, r.model, r.stream, r.prompt, r.completion, r.total, r.cached, r.reasoning, r.cost, r.note] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
+def _print_columns(headers: list[str], cells: list[list[str]]) -> None:
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
     print("  ".join("-" * w for w in widths))
     for line in cells:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def _print_tables(rows: list[Row]) -> None:
+    token_headers = ["prompt", "completion", "total", "cached", "cache_write", "reasoning"]
+    cells = [
+        [r.source, r.provider, r.model, r.stream]
+        + [str(r.tokens[t]) if t in r.tokens else "-" for t in _TOKEN_COLUMNS]
+        + [_money(r.cost), r.note]
+        for r in rows
+    ]
+    _print_columns(["exchange", "provider", "model", "stream", *token_headers, "cost", "note"], cells)
+
+    priced = [r for r in rows if r.split is not None]
+    if priced:
+        print()
+        print("Cost split (per exchange, in the currency of the prices):")
+        split_cells = [
+            [r.source, r.model]
+            + [_money(v) for v in (r.split.uncached_input, r.split.cached_input, r.split.cache_write, r.split.output)]  # type: ignore[union-attr]
+            + [_money(r.cost)]
+            for r in priced
+        ]
+        _print_columns(["exchange", "model", "uncached input", "cached input", "cache write", "output", "total"], split_cells)
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -285,6 +317,7 @@ def run_replay(args: argparse.Namespace) -> int:
         with running_server(listen, server_args) as (socket_path, url, process):
             try:
                 worker = KongWorker(socket_path, info, config)
+                plugin_config = PluginConfig.from_kong(worker.config)
             except ConfigError as exc:
                 print(f"kong-ai-metrics replay: {exc}", file=sys.stderr)
                 return 2
@@ -293,14 +326,14 @@ def run_replay(args: argparse.Namespace) -> int:
             for capture in captures:
                 outcome = worker.exchange(capture.request, capture.response)
                 text, after = scrape(url)
-                row = _row_from_delta(capture, prefix, before, after)
+                row = _row_from_delta(capture, prefix, plugin_config, before, after)
                 if outcome.access.status not in ("ok", "exit") or outcome.log.status != "ok":
                     row.note = (row.note + "; " if row.note else "") + f"Kong: access {outcome.access.status}, log {outcome.log.status}"
                 rows.append(row)
                 before = after
             worker.close()
 
-            _print_table(rows)
+            _print_tables(rows)
             print()
             print(text, end="")
             if args.serve:
