@@ -17,6 +17,7 @@ parts that hurt a careless plugin:
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import logging
@@ -122,11 +123,15 @@ def _prepare(value: Any) -> Any:
 class RpcClient:
     """Kong's MessagePack RPC client for one plugin in one worker."""
 
-    def __init__(self, socket_path: str, read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
+    def __init__(self, socket_path: str, read_timeout: float = DEFAULT_READ_TIMEOUT, connections: int = 1) -> None:
         self.socket_path = socket_path
         self.read_timeout = read_timeout
+        # With several connections, consecutive calls take the longest-idle one, so the
+        # Steps of one event travel on different connections, as they can in Kong.
+        self.connections = connections
         self._msgid = itertools.count(1)
-        self._idle: list[socket.socket] = []
+        self._idle: collections.deque[socket.socket] = collections.deque()
+        self._open = 0
         self.calls = 0
 
     def call(self, method: str, params: list[Any]) -> Any:
@@ -139,6 +144,7 @@ class RpcClient:
             error, result = self._read_response(conn, msgid)
         except (OSError, RpcError) as exc:
             conn.close()
+            self._open -= 1
             raise RpcError(f"{method}: {exc}") from exc
         self._idle.append(conn)
         if error is not None:
@@ -149,10 +155,11 @@ class RpcClient:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
+        self._open = 0
 
     def _connect(self) -> socket.socket:
-        if self._idle:
-            return self._idle.pop()
+        if self._idle and self._open >= self.connections:
+            return self._idle.popleft()
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.settimeout(self.read_timeout)
         try:
@@ -160,6 +167,7 @@ class RpcClient:
         except OSError:
             conn.close()
             raise
+        self._open += 1
         return conn
 
     def _read_response(self, conn: socket.socket, msgid: int) -> tuple[Any, Any]:
@@ -509,8 +517,9 @@ class KongWorker:
         plugin_info: dict[str, Any],
         config: dict[str, Any] | None,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
+        connections: int = 1,
     ) -> None:
-        self.rpc = RpcClient(socket_path, read_timeout)
+        self.rpc = RpcClient(socket_path, read_timeout, connections)
         self.info = plugin_info
         self.plugin_id = str(uuid.uuid4())
         self.config = validate_config(plugin_info["Schema"]["fields"][0]["config"]["fields"], config)

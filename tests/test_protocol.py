@@ -103,7 +103,8 @@ def test_missing_prefix_is_clear_error(tmp_path: Any) -> None:
 
 
 def test_example_exchanges_scrape_values(plugin_server: PluginServer, make_worker: Any) -> None:
-    worker = make_worker(PRICED)
+    # Three pooled connections: each Step of an event goes out on another one.
+    worker = make_worker(PRICED, connections=3)
     captures = load_har(str(EXAMPLES / "openai.har")) + load_har(str(EXAMPLES / "azure.har")) + load_har(str(EXAMPLES / "anthropic.har"))
     for capture in captures:
         outcome = worker.exchange(capture.request, capture.response)
