@@ -107,7 +107,7 @@ SCHEMA: list[dict[str, Any]] = [
             "type": "boolean",
             "default": False,
             "description": (
-                "Buffer streamed answers so their usage can be read. Buffering holds the whole stream "
+                "Buffer streamed responses so their usage can be read. Buffering keeps the whole stream "
                 "back from the client until it ends, so streamed usage is unknown when this is false."
             ),
         }

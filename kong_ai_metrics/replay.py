@@ -2,7 +2,7 @@
 
 Each HAR entry becomes a request that the Kong emulator sends through a freshly started
 ``kong-ai-metrics`` process, over its Unix socket, as Kong would: StartInstance,
-HandleEvent for access, the proxied answer, then the log timer. After each exchange the
+HandleEvent for access, the proxied response, then the log timer. After each exchange the
 sidecar is scraped, and the change in the series is what the table shows, so the table
 reports what the process really counted.
 """

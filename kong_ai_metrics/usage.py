@@ -11,8 +11,8 @@ rest can share one set of counters:
 * ``cached_tokens``, ``cache_write_tokens`` and ``reasoning_tokens`` are subsets of the
   counts above and stay ``None`` when the provider does not report them.
 
-A parser never estimates. When no final usage report was seen, ``unknown_reason`` says
-why and the counts hold only what the provider did report, if anything.
+A parser never estimates. When no final usage report was seen, ``unknown_reason`` gives
+the reason and the counts hold only what the provider did report, if anything.
 """
 
 from __future__ import annotations
