@@ -139,6 +139,32 @@ def test_example_exchanges_scrape_values(plugin_server: PluginServer, make_worke
     assert tokens(s, "claude-3-5-haiku-20241022", "completion_tokens", "anthropic") == 5
     assert tokens(s, "claude-3-5-haiku-20241022", "total_tokens", "anthropic") == 20
 
+    # Every token series, and no other: the exact numbers the payloads report.
+    expected_tokens = {
+        ("openai", "gpt-4o-mini"): {"prompt_tokens": 25, "completion_tokens": 12, "total_tokens": 37},
+        ("openai", "gpt-4o"): {"prompt_tokens": 1212, "completion_tokens": 4, "total_tokens": 1216, "cached_tokens": 1024},
+        ("openai", "o3-mini"): {"prompt_tokens": 13, "completion_tokens": 214, "total_tokens": 227, "reasoning_tokens": 192},
+        ("openai", "text-embedding-3-small"): {"prompt_tokens": 13, "total_tokens": 13},
+        ("openai", "gpt-3.5-turbo-instruct"): {"prompt_tokens": 7, "completion_tokens": 19, "total_tokens": 26},
+        ("azure", "team-chat-01"): {"prompt_tokens": 33, "completion_tokens": 18, "total_tokens": 51},
+        ("azure", "embed-small"): {"prompt_tokens": 6, "total_tokens": 6},
+        ("anthropic", "claude-sonnet-4-20250514"): {
+            "prompt_tokens": 2009,
+            "completion_tokens": 14,
+            "total_tokens": 2023,
+            "cached_tokens": 1800,
+            "cache_write_tokens": 188,
+        },
+        ("anthropic", "claude-3-5-haiku-20241022"): {"prompt_tokens": 15, "completion_tokens": 5, "total_tokens": 20},
+    }
+    _, samples = s.scrape()
+    scraped: dict[tuple[str, str], dict[str, float]] = {}
+    for (name, labels), value in samples.items():
+        if name == "kong_ai_llm_tokens_total":
+            label = dict(labels)
+            scraped.setdefault((label["ai_provider"], label["ai_model"]), {})[label["token_type"]] = value
+    assert scraped == expected_tokens
+
     requests = "kong_ai_llm_requests_total"
     assert s.value(requests, ai_provider="openai") == 6
     assert s.value(requests, ai_provider="azure") == 4
