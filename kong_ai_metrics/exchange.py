@@ -70,8 +70,8 @@ def build_exchanges(serialized: Mapping[str, Any], config: PluginConfig, body: b
 
 
 def _from_kong_statistics(block: Mapping[str, Any], config: PluginConfig, workspace: str) -> Exchange:
-    meta = block.get("meta") if isinstance(block.get("meta"), dict) else {}
-    cache = block.get("cache") if isinstance(block.get("cache"), dict) else {}
+    meta = _record(block.get("meta"))
+    cache = _record(block.get("cache"))
     report = block.get("usage")
     request_model = _text(meta.get("request_model"))
     response_model = _text(meta.get("response_model"))
@@ -133,6 +133,10 @@ def _response_headers(serialized: Mapping[str, Any]) -> dict[str, str]:
         if isinstance(name, str) and isinstance(value, str):
             flat[name.lower()] = value
     return flat
+
+
+def _record(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _text(value: Any) -> str:

@@ -44,8 +44,8 @@ def validate_config(fields: list[dict[str, Any]], config: dict[str, Any] | None)
     """
     errors: dict[str, str] = {}
     result = _record(fields, config if config is not None else {}, "config", errors)
-    if errors:
-        raise ConfigError(errors)
+    if errors or not isinstance(result, dict):
+        raise ConfigError(errors or {"config": "expected a record"})
     return result
 
 

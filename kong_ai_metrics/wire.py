@@ -15,12 +15,7 @@ from typing import Any
 
 import brotli
 
-try:
-    import orjson
-
-    _orjson_loads = orjson.loads
-except ImportError:  # pragma: no cover - orjson is a declared dependency
-    _orjson_loads = None
+import orjson
 
 
 class WireError(ValueError):
@@ -119,8 +114,13 @@ def loads(data: bytes | str) -> Any:
     Deep nesting, invalid UTF-8 and numbers out of range are all reported the same way.
     """
     try:
-        if _orjson_loads is not None:
-            return _orjson_loads(data)
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    # orjson 3.x rejects a number that overflows a double (1e400) while the standard
+    # library reads it as infinity, which token_count rejects later. The rest of such
+    # a document can still be read, so only a document both reject is invalid.
+    try:
         return json.loads(data)
     except (ValueError, RecursionError, TypeError) as exc:
         raise WireError("malformed_body", f"invalid JSON: {exc}") from exc
