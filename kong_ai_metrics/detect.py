@@ -104,7 +104,8 @@ def url_stream(path: str) -> bool | None:
         if match:
             return match.group("op") in _STREAM_OPERATIONS
     match = _TGI_PATH.search(path)
-    if match and not path.endswith("/api/generate"):
+    # Ollama's /api/generate and Cohere's /v1/generate take the flag from the body.
+    if match and not path.endswith("/api/generate") and not _COHERE_PATH.search(path):
         return match.group("op") == "generate_stream"
     return None
 

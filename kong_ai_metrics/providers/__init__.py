@@ -16,7 +16,8 @@ from .. import detect
 from .. import usage as u
 from ..detect import Route
 from ..wire import WireError, decode_content, loads
-from . import anthropic, openai
+from . import anthropic, bedrock, gemini, openai
+from . import cohere, huggingface, llamacpp, ollama
 
 ResponseParser = Callable[[Route, bytes, bool, Mapping[str, str]], u.Usage]
 
@@ -27,6 +28,12 @@ PARSERS: dict[str, ResponseParser] = {
     detect.OPENAI_COMPATIBLE: openai.parse_response,
     detect.MISTRAL: openai.parse_response,
     detect.ANTHROPIC: anthropic.parse_response,
+    detect.GEMINI: gemini.parse_response,
+    detect.BEDROCK: bedrock.parse_response,
+    detect.COHERE: cohere.parse_response,
+    detect.HUGGINGFACE: huggingface.parse_response,
+    detect.OLLAMA: ollama.parse_response,
+    detect.LLAMA_CPP: llamacpp.parse_response,
 }
 
 # Streaming response content types (Kong lists the same in its shared LLM driver).
@@ -69,7 +76,7 @@ def read_request(path: str, body: bytes, limit: int) -> RequestFacts:
         return RequestFacts(model, path_stream)
     if isinstance(body_stream, bool):
         return RequestFacts(model, body_stream)
-    # Ollama's native chat and generate endpoints stream unless told otherwise.
+    # Ollama's native chat and generate endpoints stream unless the request sets "stream": false.
     ollama = detect._OLLAMA_PATH.search(path.split("?", 1)[0])
     if ollama and ollama.group("op") in ("chat", "generate"):
         return RequestFacts(model, True)

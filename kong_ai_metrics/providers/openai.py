@@ -37,12 +37,16 @@ def chat_usage(report: Any, model: str | None) -> u.Usage:
     """Read a chat, completions or embeddings ``usage`` object."""
     if not isinstance(report, dict):
         return u.unknown(u.REASON_NO_USAGE, model)
+    cached = count_at(report, "prompt_tokens_details", "cached_tokens")
+    if cached is None:
+        # DeepSeek splits the prompt into prompt_cache_hit_tokens + prompt_cache_miss_tokens.
+        cached = count_at(report, "prompt_cache_hit_tokens")
     return u.finish(
         count_at(report, "prompt_tokens"),
         # Embeddings report no completion; they produced none.
         count_at(report, "completion_tokens") if "completion_tokens" in report else 0,
         count_at(report, "total_tokens"),
-        cached=count_at(report, "prompt_tokens_details", "cached_tokens"),
+        cached=cached,
         reasoning=count_at(report, "completion_tokens_details", "reasoning_tokens"),
         response_model=model,
     )
@@ -65,6 +69,8 @@ def _parse_stream(route: Route, body: bytes) -> u.Usage:
     events, incomplete = iter_sse(body)
     model: str | None = None
     last_usage: u.Usage | None = None
+    usage_chunks = 0
+    last_usage_final = False
     done = False
     failed = False
 
@@ -98,11 +104,17 @@ def _parse_stream(route: Route, body: bytes) -> u.Usage:
         if isinstance(report, dict):
             # Servers that repeat usage on every chunk send running totals: keep the last.
             last_usage = chat_usage(report, model)
+            usage_chunks += 1
+            last_usage_final = _is_closing_chunk(chunk)
 
     if failed:
         kept = last_usage if last_usage is not None else u.unknown(u.REASON_STREAM_ERROR, model)
         return kept.with_reason(u.REASON_STREAM_ERROR)
     if last_usage is not None and last_usage.known:
+        # Usage sent once is the final report. Usage repeated on every chunk (vLLM's
+        # continuous_usage_stats) is final only on a closing chunk or before [DONE].
+        if usage_chunks > 1 and not last_usage_final and not done:
+            return _with_model(last_usage, model).with_reason(u.REASON_TRUNCATED)
         return _with_model(last_usage, model)
     if not done or incomplete:
         return u.unknown(u.REASON_TRUNCATED, model)
@@ -118,6 +130,14 @@ def _responses_event(kind: str, chunk: dict[str, Any]) -> u.Usage | None:
     response = chunk.get("response")
     model = text_at(response, "model")
     return _responses_usage(dig(response, "usage"), model)
+
+
+def _is_closing_chunk(chunk: dict[str, Any]) -> bool:
+    """Return True for the usage chunk (empty ``choices``) or a chunk that finishes a choice."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return True
+    return any(isinstance(choice, dict) and choice.get("finish_reason") is not None for choice in choices)
 
 
 def _with_model(record: u.Usage, model: str | None) -> u.Usage:
