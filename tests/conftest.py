@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,17 @@ from kong_ai_metrics.replay import Samples, _free_port, running_server, scrape
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# Figures that tests measured (memory, series, greenlets); the terminal summary prints
+# them, so that every CI log shows them.
+FIGURES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("measured figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
 
 
 @dataclass
@@ -48,10 +59,10 @@ def plugin_info() -> dict[str, Any]:
     return query_plugin_info(dump.stdout)
 
 
-def start_server(info: dict[str, Any], metric_prefix: str = "kong_") -> Iterator[PluginServer]:
-    """Run a plugin server for as long as the generator is open."""
+def start_server(info: dict[str, Any], metric_prefix: str = "kong_", extra_args: Sequence[str] = ()) -> Iterator[PluginServer]:
+    """Run a plugin server, with ``extra_args`` added to its command line, for as long as the generator is open."""
     listen = f"127.0.0.1:{_free_port()}"
-    with running_server(listen, ["--quiet", "--metric-prefix", metric_prefix]) as (socket_path, url, process):
+    with running_server(listen, ["--quiet", "--metric-prefix", metric_prefix, *extra_args]) as (socket_path, url, process):
         yield PluginServer(socket_path, url, process, info, metric_prefix)
 
 
