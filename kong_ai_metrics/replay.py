@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import gzip
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from .config import PluginConfig
 from .cost import CostSplit, compute_cost
 from .kong_emulator import KongRequest, KongWorker, UpstreamResponse, query_plugin_info
-from .kong_schema import ConfigError
+from .kong_schema import validate_config
 from .providers import read_request
 from .usage import Usage
 
@@ -63,22 +65,36 @@ class Capture:
 
 
 def load_har(path: str) -> list[Capture]:
-    """Read a HAR file and return its entries; raise ValueError naming what is wrong."""
+    """Read a HAR file and return its entries; raise ValueError naming the file, entry and field."""
     with open(path, "rb") as handle:
         try:
             document = json.load(handle)
         except ValueError as exc:
             raise ValueError(f"{path}: not a HAR file: {exc}") from exc
-    entries = document.get("log", {}).get("entries") if isinstance(document, dict) else None
+    log_section = document.get("log") if isinstance(document, dict) else None
+    entries = log_section.get("entries") if isinstance(log_section, dict) else None
     if not isinstance(entries, list):
         raise ValueError(f"{path}: not a HAR file: missing log.entries")
-    return [_capture(entry, f"{os.path.basename(path)}#{index + 1}") for index, entry in enumerate(entries)]
+    captures = []
+    for index, entry in enumerate(entries):
+        source = f"{os.path.basename(path)}#{index + 1}"
+        try:
+            captures.append(_capture(entry, source))
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ValueError(f"{path}: entry {index + 1} is invalid: {detail}") from exc
+    return captures
 
 
 def _capture(entry: dict[str, Any], source: str) -> Capture:
     request = entry["request"]
     response = entry["response"]
     url = urlsplit(request["url"])
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(f"request.url must be an absolute http or https URL, got {request['url']!r}")
+    status = response.get("status")
+    if not isinstance(status, int) or isinstance(status, bool):
+        raise ValueError(f"response.status must be an integer, got {status!r}")
     request_headers = _headers(request.get("headers"))
     body = (request.get("postData") or {}).get("text") or ""
     response_headers = _headers(response.get("headers"))
@@ -90,14 +106,16 @@ def _capture(entry: dict[str, Any], source: str) -> Capture:
         query=url.query,
         headers=request_headers,
         body=body.encode("utf-8"),
-        service_host=url.hostname or "",
+        service_host=url.hostname,
         service_port=url.port or (443 if url.scheme == "https" else 80),
-        service_protocol=url.scheme or "https",
+        service_protocol=url.scheme,
         workspace_name=extra.get("workspace", "default"),
         ai_statistics=extra.get("ai"),
     )
+    # HAR's timings.wait is the time to the first response byte, which is what Kong's
+    # proxy latency measures for an unbuffered response.
     upstream = UpstreamResponse(
-        status=int(response.get("status", 0)),
+        status=status,
         headers=response_headers,
         body=_wire_body(response.get("content") or {}, response_headers.get("content-encoding")),
         latency_ms=int(entry.get("timings", {}).get("wait", 0) or entry.get("time", 0) or 0),
@@ -116,7 +134,13 @@ def _headers(items: Any) -> dict[str, str]:
 
 def _wire_body(content: dict[str, Any], encoding: str | None) -> bytes:
     text = content.get("text") or ""
-    data = base64.b64decode(text) if content.get("encoding") == "base64" else text.encode("utf-8")
+    if content.get("encoding") == "base64":
+        try:
+            data = base64.b64decode(text, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"response.content.text is not valid base64: {exc}") from exc
+    else:
+        data = text.encode("utf-8")
     coding = (encoding or "").strip().lower()
     if coding in _ENCODERS and not _is_encoded(data, coding):
         data = _ENCODERS[coding](data)
@@ -137,12 +161,24 @@ def _is_encoded(data: bytes, coding: str) -> bool:
 
 
 def load_config(path: str | None) -> dict[str, Any]:
+    """Read the plugin config for replay; without a file, payload reading is on.
+
+    The file holds the plugin's ``config`` object as JSON or YAML. A whole plugin entity
+    (``name`` and ``config``, as in declarative configuration) is accepted too.
+    """
     if path is None:
         return {"ai_metrics": True}
     with open(path, encoding="utf-8") as handle:
-        loaded = yaml.safe_load(handle)
+        try:
+            loaded = yaml.safe_load(handle)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: invalid YAML or JSON: {exc}") from exc
+    if loaded is None:
+        return {}
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a mapping of plugin config fields")
+        raise ValueError(f"{path}: expected a mapping of plugin config fields, got {type(loaded).__name__}")
+    if isinstance(loaded.get("config"), dict) and set(loaded) <= {"name", "config", "route", "service", "consumer", "enabled", "tags"}:
+        return dict(loaded["config"])
     return loaded
 
 
@@ -300,29 +336,38 @@ def _print_tables(rows: list[Row]) -> None:
 def run_replay(args: argparse.Namespace) -> int:
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config)
-        captures = [capture for path in args.files for capture in load_har(path)]
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        print(f"kong-ai-metrics replay: {exc}", file=sys.stderr)
-        return 2
-
-    listen = args.metrics_listen if args.serve else f"127.0.0.1:{_free_port()}"
-    prefix = args.metric_prefix
     dump = subprocess.run([*_server_command(), "-dump"], capture_output=True, check=True, text=True).stdout
     info = query_plugin_info(dump)
+    try:
+        config = load_config(args.config)
+        validated = validate_config(info["Schema"]["fields"][0]["config"]["fields"], config)
+        captures = [capture for path in args.files for capture in load_har(path)]
+    except (OSError, ValueError) as exc:
+        print(f"kong-ai-metrics replay: {exc}", file=sys.stderr)
+        return 2
+    if not captures:
+        print("kong-ai-metrics replay: the HAR files contain no entries; nothing to replay", file=sys.stderr)
+        return 2
+
+    if args.serve:
+        listen = args.metrics_listen
+        if listen.endswith(":0"):
+            print("kong-ai-metrics replay: --serve needs a fixed port in --metrics-listen, not port 0", file=sys.stderr)
+            return 2
+    else:
+        listen = f"127.0.0.1:{_free_port()}"
+    prefix = args.metric_prefix
+    plugin_config = PluginConfig.from_kong(validated)
+    # SIGTERM ends a --serve run the way Ctrl-C does, so the server and its temporary
+    # prefix are cleaned up.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
     try:
         server_args = ["--metric-prefix", prefix] + (["-v"] * args.verbose if args.verbose else ["--quiet"])
         with running_server(listen, server_args) as (socket_path, url, process):
-            try:
-                worker = KongWorker(socket_path, info, config)
-                plugin_config = PluginConfig.from_kong(worker.config)
-            except ConfigError as exc:
-                print(f"kong-ai-metrics replay: {exc}", file=sys.stderr)
-                return 2
+            worker = KongWorker(socket_path, info, config)
             rows = []
-            _, before = scrape(url)
+            text, before = scrape(url)
             for capture in captures:
                 outcome = worker.exchange(capture.request, capture.response)
                 text, after = scrape(url)
@@ -342,7 +387,13 @@ def run_replay(args: argparse.Namespace) -> int:
                     process.wait()
                 except KeyboardInterrupt:
                     pass
+    except KeyboardInterrupt:
+        return 130
     except RuntimeError as exc:
         print(f"kong-ai-metrics replay: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

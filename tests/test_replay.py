@@ -68,3 +68,38 @@ def test_har_decoded_body_is_reencoded(tmp_path: Path) -> None:
     body = gzipped[0].response.body
     assert body[:2] == b"\x1f\x8b"
     assert b'"reasoning_tokens": 192' in gzip.decompress(body)
+
+
+def test_replay_empty_har_is_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.har"
+    empty.write_text('{"log": {"version": "1.2", "entries": []}}')
+    result = run_replay(str(empty))
+    assert result.returncode == 2
+    assert "contain no entries" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_replay_bad_entry_names_file_and_entry(tmp_path: Path) -> None:
+    document = json.loads((EXAMPLES / "openai.har").read_text())
+    document["log"]["entries"][1]["response"]["content"] = {"text": "not base64!", "encoding": "base64"}
+    del document["log"]["entries"][2]["request"]
+    broken = tmp_path / "broken.har"
+    broken.write_text(json.dumps(document))
+    result = run_replay(str(broken))
+    assert result.returncode == 2
+    assert "broken.har: entry 2 is invalid: response.content.text is not valid base64" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_replay_serve_rejects_port_zero() -> None:
+    result = run_replay(str(EXAMPLES / "openai.har"), "--serve", "--metrics-listen", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert "--serve needs a fixed port" in result.stderr
+
+
+def test_replay_accepts_plugin_entity_config(tmp_path: Path) -> None:
+    config = tmp_path / "entity.yaml"
+    config.write_text("name: ai-metrics\nconfig:\n  ai_metrics: true\n  model: fallback\n")
+    result = run_replay(str(EXAMPLES / "openai.har"), "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert table_rows(result.stdout)["openai.har#1"][4:7] == ["25", "12", "37"]
