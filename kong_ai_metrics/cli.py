@@ -11,11 +11,23 @@ import os
 import sys
 
 from . import __version__, plugin
+from .labels import DEFAULT_MAX_MODELS
 from .metrics import DEFAULT_PREFIX
-from .sidecar import DEFAULT_LISTEN, parse_listen
+from .pdk_events import DEFAULT_EVENT_TIMEOUT
+from .sidecar import DEFAULT_LISTEN, SidecarSecurity, parse_basic_auth, parse_listen
 
 LISTEN_ENV = "KONG_AI_METRICS_LISTEN"
 PREFIX_ENV = "KONG_AI_METRICS_PREFIX"
+MAX_MODELS_ENV = "KONG_AI_METRICS_MAX_MODELS"
+EVENT_TIMEOUT_ENV = "KONG_AI_METRICS_EVENT_TIMEOUT"
+DEBUG_GAUGES_ENV = "KONG_AI_METRICS_DEBUG_GAUGES"
+BASIC_AUTH_ENV = "KONG_AI_METRICS_BASIC_AUTH"
+BEARER_TOKEN_ENV = "KONG_AI_METRICS_BEARER_TOKEN"
+BASIC_AUTH_FILE_ENV = "KONG_AI_METRICS_BASIC_AUTH_FILE"
+BEARER_TOKEN_FILE_ENV = "KONG_AI_METRICS_BEARER_TOKEN_FILE"
+TLS_CERT_ENV = "KONG_AI_METRICS_TLS_CERT"
+TLS_KEY_ENV = "KONG_AI_METRICS_TLS_KEY"
+DISPATCHER_ENV = "KONG_AI_METRICS_DISPATCHER"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,11 +77,149 @@ def _server_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-dump", "--dump", action="store_true", help="print the plugin info for Kong's query command and exit")
     parser.add_argument("--listen-queue-size", type=int, default=4096, help="backlog of the Unix socket (default %(default)s)")
+    parser.add_argument(
+        "--dispatcher",
+        choices=("builtin", "kong-pdk"),
+        default=os.environ.get(DISPATCHER_ENV, "builtin"),
+        help=(
+            "RPC dispatcher: the built-in one, or kong-pdk's own server in gevent mode as a fallback "
+            f"(environment {DISPATCHER_ENV}; default %(default)s)"
+        ),
+    )
     parser.add_argument("-v", "--verbose", action="count", default=1, help="more logging; repeat for debug output")
     parser.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_metrics_options(parser)
+    _add_limit_options(parser)
+    _add_sidecar_security_options(parser)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
+
+
+def _add_limit_options(parser: argparse.ArgumentParser) -> None:
+    # String defaults go through `type` too, so an invalid environment value is
+    # reported like an invalid flag.
+    parser.add_argument(
+        "--max-models",
+        type=_positive_int,
+        default=os.environ.get(MAX_MODELS_ENV, str(DEFAULT_MAX_MODELS)),
+        metavar="N",
+        help=(
+            "maximum number of distinct ai_model label values in this process; exchanges of further models "
+            f'are recorded as ai_model="other" (environment {MAX_MODELS_ENV}; default %(default)s)'
+        ),
+    )
+    parser.add_argument(
+        "--event-timeout",
+        type=_positive_seconds,
+        default=os.environ.get(EVENT_TIMEOUT_ENV, f"{DEFAULT_EVENT_TIMEOUT:g}"),
+        metavar="SECONDS",
+        help=(
+            "seconds an event may wait for Kong's next call before the server ends it as abandoned, "
+            f"as Kong does after a Lua error (environment {EVENT_TIMEOUT_ENV}; default %(default)s)"
+        ),
+    )
+    parser.add_argument(
+        "--debug-gauges",
+        action="store_true",
+        default=os.environ.get(DEBUG_GAUGES_ENV, "").lower() in ("1", "true", "yes"),
+        help=f"export a gauge of live greenlets; each scrape walks the heap, so leave it off in production (environment {DEBUG_GAUGES_ENV}=1)",
+    )
+
+
+def _add_sidecar_security_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-basic-auth",
+        default=os.environ.get(BASIC_AUTH_ENV),
+        metavar="USER:PASSWORD",
+        help=(
+            f"require HTTP basic auth on /metrics (environment {BASIC_AUTH_ENV}; prefer it, "
+            "because other users of the host can read command lines)"
+        ),
+    )
+    parser.add_argument(
+        "--metrics-bearer-token",
+        default=os.environ.get(BEARER_TOKEN_ENV),
+        metavar="TOKEN",
+        help=f"require 'Authorization: Bearer TOKEN' on /metrics (environment {BEARER_TOKEN_ENV}; prefer it, as above)",
+    )
+    parser.add_argument(
+        "--metrics-basic-auth-file",
+        default=os.environ.get(BASIC_AUTH_FILE_ENV),
+        metavar="PATH",
+        help=f"read USER:PASSWORD for --metrics-basic-auth from this file (environment {BASIC_AUTH_FILE_ENV})",
+    )
+    parser.add_argument(
+        "--metrics-bearer-token-file",
+        default=os.environ.get(BEARER_TOKEN_FILE_ENV),
+        metavar="PATH",
+        help=f"read the token for --metrics-bearer-token from this file (environment {BEARER_TOKEN_FILE_ENV})",
+    )
+    parser.add_argument(
+        "--metrics-tls-cert",
+        default=os.environ.get(TLS_CERT_ENV),
+        metavar="PATH",
+        help=f"PEM certificate chain; with --metrics-tls-key, the sidecar serves HTTPS (environment {TLS_CERT_ENV})",
+    )
+    parser.add_argument(
+        "--metrics-tls-key",
+        default=os.environ.get(TLS_KEY_ENV),
+        metavar="PATH",
+        help=f"PEM private key of --metrics-tls-cert (environment {TLS_KEY_ENV})",
+    )
+
+
+def _sidecar_security(args: argparse.Namespace) -> SidecarSecurity:
+    """Build the sidecar's security settings; raise ValueError naming the invalid option."""
+    basic_text = _secret(args.metrics_basic_auth, args.metrics_basic_auth_file, "--metrics-basic-auth")
+    basic_auth = parse_basic_auth(basic_text) if basic_text else None
+    bearer_token = _secret(args.metrics_bearer_token, args.metrics_bearer_token_file, "--metrics-bearer-token")
+    if bool(args.metrics_tls_cert) != bool(args.metrics_tls_key):
+        raise ValueError("--metrics-tls-cert and --metrics-tls-key must be given together")
+    return SidecarSecurity(
+        basic_auth=basic_auth,
+        bearer_token=bearer_token,
+        tls_cert=args.metrics_tls_cert or None,
+        tls_key=args.metrics_tls_key or None,
+    )
+
+
+def _secret(value: str | None, path: str | None, option: str) -> str | None:
+    """Return the secret given directly or read from the file at ``path``.
+
+    Raises ValueError when both are given, or when the file cannot be read or is empty.
+    """
+    if value and path:
+        raise ValueError(f"give {option} or {option}-file, not both")
+    if not path:
+        return value or None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            secret = handle.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {option}-file {path}: {exc}") from exc
+    if not secret:
+        raise ValueError(f"{option}-file {path} is empty")
+    return secret
 
 
 def _replay_parser() -> argparse.ArgumentParser:
@@ -100,6 +250,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(0 if args.quiet else args.verbose)
     try:
         host, port = parse_listen(args.metrics_listen)
+        security = _sidecar_security(args)
     except ValueError as exc:
         print(f"kong-ai-metrics: {exc}", file=sys.stderr)
         return 2
@@ -112,5 +263,10 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=port,
         metric_prefix=args.metric_prefix,
         listen_queue_size=args.listen_queue_size,
+        max_models=args.max_models,
+        event_timeout=args.event_timeout,
+        debug_gauges=args.debug_gauges,
+        sidecar_security=security,
+        dispatcher=args.dispatcher,
     )
     return serve(options)

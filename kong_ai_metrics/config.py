@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .detect import PROVIDERS
+from .labels import model_allowed
 
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
 # msgpack-python refuses messages above 100 MiB by default, so a larger body could
@@ -123,6 +124,18 @@ SCHEMA: list[dict[str, Any]] = [
             ),
         }
     },
+    {
+        "allowed_models": {
+            "type": "array",
+            "default": [],
+            "elements": {"type": "string", "len_max": 128},
+            "description": (
+                "Model names, exact or shell-style globs such as gpt-4o*, that get an ai_model label "
+                "value of their own; other models are recorded as ai_model=\"other\". When empty, every "
+                "model gets its own value until the plugin server's --max-models limit is reached."
+            ),
+        }
+    },
 ]
 
 
@@ -143,6 +156,7 @@ class PluginConfig:
     model: str | None = None
     buffer_streaming_responses: bool = False
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    allowed_models: tuple[str, ...] = ()
 
     @classmethod
     def from_kong(cls, conf: dict[str, Any]) -> PluginConfig:
@@ -165,6 +179,7 @@ class PluginConfig:
                 )
             )
         max_body_size = conf.get("max_body_size")
+        allowed = conf.get("allowed_models")
         return cls(
             ai_metrics=conf.get("ai_metrics") is True,
             pricing=tuple(prices),
@@ -172,7 +187,17 @@ class PluginConfig:
             model=conf.get("model") or None,
             buffer_streaming_responses=conf.get("buffer_streaming_responses") is True,
             max_body_size=max_body_size if isinstance(max_body_size, int) else DEFAULT_MAX_BODY_SIZE,
+            allowed_models=tuple(m for m in allowed if isinstance(m, str) and m) if isinstance(allowed, list) else (),
         )
+
+    def allows_model(self, model: str) -> bool:
+        """Return True when ``model`` may be a label value of its own under ``allowed_models``.
+
+        An empty list allows every model, and so does an empty model name (nothing to hide).
+        """
+        if not self.allowed_models or not model:
+            return True
+        return model_allowed(model, self.allowed_models)
 
     def price_for(self, *models: str | None) -> Price | None:
         """Return the price of the first of ``models`` that the pricing list matches."""

@@ -65,6 +65,7 @@ def build_exchanges(serialized: Mapping[str, Any], config: PluginConfig, body: b
             usage=usage,
             cost=compute_cost(usage, price).total if price is not None else None,
             latency_ms=_number(dig(serialized, "latencies", "proxy")),
+            model_allowed=config.allows_model(model),
         )
     ]
 
@@ -92,9 +93,10 @@ def _from_kong_statistics(block: Mapping[str, Any], config: PluginConfig, worksp
     else:
         cost = _number(report.get("cost")) if isinstance(report, dict) else None
 
+    model = request_model or response_model or config.model or ""
     return Exchange(
         provider=_text(meta.get("provider_name")),
-        model=request_model or response_model or config.model or "",
+        model=model,
         workspace=workspace,
         usage=usage,
         cost=cost,
@@ -105,6 +107,7 @@ def _from_kong_statistics(block: Mapping[str, Any], config: PluginConfig, worksp
         embeddings_model=_text(cache.get("embeddings_model")),
         cache_fetch_latency_ms=_number(cache.get("fetch_latency")),
         cache_embeddings_latency_ms=_number(cache.get("embeddings_latency")),
+        model_allowed=config.allows_model(model),
     )
 
 

@@ -12,7 +12,11 @@ parts that hurt a careless plugin:
   500, a log event is dropped;
 - the log phase runs later from a snapshot, where request-scoped calls fail and the
   upstream body can be read only when buffering really happened;
-- ``no plugin instance`` from HandleEvent resets the cached instance and retries.
+- ``no plugin instance`` from HandleEvent resets the cached instance and retries;
+- a failure to start an instance is a Lua error (``get_instance_id`` rethrows it).
+
+A ``KongWorker`` may be shared by several threads, as one Kong worker serves many
+requests at once: each thread's exchange is one request's coroutine.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import itertools
 import json
 import logging
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -75,6 +80,10 @@ class RpcError(Exception):
 
 class RpcErrorReply(Exception):
     """The plugin server answered a request with an error string."""
+
+
+class InstanceStartError(Exception):
+    """StartInstance failed; Kong's ``get_instance_id`` turns that into a Lua error."""
 
 
 # ---------------------------------------------------------------------------------
@@ -132,42 +141,54 @@ class RpcClient:
         self._msgid = itertools.count(1)
         self._idle: collections.deque[socket.socket] = collections.deque()
         self._open = 0
+        self._lock = threading.Lock()
         self.calls = 0
 
     def call(self, method: str, params: list[Any]) -> Any:
         """Send one request and return its result; raise RpcErrorReply or RpcError."""
-        self.calls += 1
-        msgid = next(self._msgid)
-        conn = self._connect()
+        with self._lock:
+            self.calls += 1
+            msgid = next(self._msgid)
+        try:
+            conn = self._connect()
+        except OSError as exc:
+            # A missing socket or a refused connection fails the call like any RPC error.
+            raise RpcError(f"{method}: cannot connect to {self.socket_path}: {exc}") from exc
         try:
             conn.sendall(_pack([0, msgid, method, params]))
             error, result = self._read_response(conn, msgid)
         except (OSError, RpcError) as exc:
             conn.close()
-            self._open -= 1
+            with self._lock:
+                self._open -= 1
             raise RpcError(f"{method}: {exc}") from exc
-        self._idle.append(conn)
+        with self._lock:
+            self._idle.append(conn)
         if error is not None:
             raise RpcErrorReply(str(error))
         return result
 
     def close(self) -> None:
-        for conn in self._idle:
+        with self._lock:
+            idle, self._idle = self._idle, collections.deque()
+            self._open -= len(idle)
+        for conn in idle:
             conn.close()
-        self._idle.clear()
-        self._open = 0
 
     def _connect(self) -> socket.socket:
-        if self._idle and self._open >= self.connections:
-            return self._idle.popleft()
+        with self._lock:
+            if self._idle and self._open >= self.connections:
+                return self._idle.popleft()
+            self._open += 1
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.settimeout(self.read_timeout)
         try:
             conn.connect(self.socket_path)
         except OSError:
             conn.close()
+            with self._lock:
+                self._open -= 1
             raise
-        self._open += 1
         return conn
 
     def _read_response(self, conn: socket.socket, msgid: int) -> tuple[Any, Any]:
@@ -225,6 +246,12 @@ class KongRequest:
     # Kong's own AI statistics (ai-proxy with logging.log_statistics), if any.
     ai_statistics: dict[str, Any] | None = None
     upgrade: bool = False
+    # Status of a kong.response.exit made in access by a plugin that runs before this one
+    # (higher priority, e.g. rate limiting): this plugin's access never runs, its log does.
+    exit_before: int | None = None
+    # PDK methods that raise a Lua error in this request, for failures the emulator does not
+    # model itself (a ctx value Kong cannot encode, a bad argument, a broken Kong plugin).
+    lua_error_methods: frozenset[str] = frozenset()
 
     @property
     def upstream_uri(self) -> str:
@@ -526,6 +553,10 @@ class KongWorker:
         self.seq = 1
         self.instance_id: int | None = None
         self.errors: list[str] = []
+        # How often HandleEvent returned the `no plugin instance` error and the instance was reset.
+        self.instance_resets = 0
+        # Concurrent first requests of a Kong worker wait for one StartInstance.
+        self._instance_lock = threading.Lock()
 
     def close(self) -> None:
         self.rpc.close()
@@ -548,8 +579,15 @@ class KongWorker:
         return json.dumps(conf)
 
     def _instance(self) -> int:
-        if self.instance_id is not None and self._instance_seq == self.seq:
-            return self.instance_id
+        with self._instance_lock:
+            if self.instance_id is not None and self._instance_seq == self.seq:
+                return self.instance_id
+            try:
+                return self._start_instance()
+            except (RpcError, RpcErrorReply) as exc:
+                raise InstanceStartError(f"StartInstance: {exc}") from exc
+
+    def _start_instance(self) -> int:
         old = self.instance_id
         result = self.rpc.call("plugin.StartInstance", [{"Name": self.info["Name"], "Config": self._config_json()}])
         self.instance_id = int(result["Id"])
@@ -568,6 +606,8 @@ class KongWorker:
         outcome = PhaseOutcome(phase, "ok")
         try:
             reply = self._handle_event(phase, outcome)
+        except InstanceStartError as exc:
+            return self._failed(outcome, "lua_error", str(exc))
         except RpcErrorReply as exc:
             return self._failed(outcome, "skipped", f"HandleEvent: {exc}")
         except RpcError as exc:
@@ -611,7 +651,10 @@ class KongWorker:
                 if "no plugin instance" not in str(exc).lower():
                     raise
                 log.warning("plugin server lost instance %s; starting a new one", instance_id)
-                self.instance_id = None
+                with self._instance_lock:
+                    self.instance_resets += 1
+                    if self.instance_id == instance_id:
+                        self.instance_id = None
 
     def _call_pdk(self, methods: dict[str, Callable[..., Any]], method: str, args: list[Any]) -> Any:
         handler = methods.get(method)
@@ -634,7 +677,12 @@ class KongWorker:
     def exchange(self, request: KongRequest, upstream: UpstreamResponse) -> ExchangeOutcome:
         """Run one request through access, the proxy and the log timer."""
         ctx = _RequestContext(request)
-        access = self.run_event("access", _AccessPdk(ctx, self.plugin_id).methods)
+        if request.exit_before is not None:
+            # The earlier plugin's exit ends the access phase before this plugin's turn.
+            ctx.exit = (request.exit_before, None)
+            access = PhaseOutcome("access", "not_run")
+        else:
+            access = self.run_event("access", _fail_methods(_AccessPdk(ctx, self.plugin_id).methods, request))
 
         proxied = access.status in ("ok", "skipped") and ctx.exit is None
         if access.status == "lua_error":
@@ -667,8 +715,14 @@ class KongWorker:
             "service": _service_entity(request),
             "route": _route_entity(request),
         }
-        log_outcome = self.run_event("log", _LogTimerPdk(snapshot, self.plugin_id).methods)
+        log_outcome = self.run_event("log", _fail_methods(_LogTimerPdk(snapshot, self.plugin_id).methods, request))
         return ExchangeOutcome(access=access, log=log_outcome, client_status=status, buffered=buffered)
+
+
+def _fail_methods(methods: dict[str, Callable[..., Any]], request: KongRequest) -> dict[str, Callable[..., Any]]:
+    for name in request.lua_error_methods:
+        methods[name] = _lua_error(f"{name} raised a Lua error in this request")
+    return methods
 
 
 def _fix_up(method: str, value: Any) -> Any:

@@ -5,16 +5,24 @@ Names, label names, label order and histogram buckets follow Kong's prometheus p
 AI metrics work unchanged. The ``kong_`` prefix is Kong's default; an empty prefix
 gives the names shown on Kong's documentation page.
 
-Metrics of this plugin's own (unknown usage, handler errors) carry the same prefix.
+Metrics of this plugin's own (unknown usage, handler errors, collapsed model labels,
+events in progress) carry the same prefix. Label values are bounded as ``labels``
+describes: at most 128 bytes each, and at most ``max_models`` distinct models.
 """
 
 from __future__ import annotations
 
+import gc
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from greenlet import greenlet
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from .labels import COLLAPSED_MAX_MODELS, COLLAPSED_NOT_ALLOWED, DEFAULT_MAX_MODELS, OTHER_MODEL, ModelLimit, bound_label
 from .usage import Usage
 
 DEFAULT_PREFIX = "kong_"
@@ -55,6 +63,8 @@ class Exchange:
     embeddings_model: str = ""
     cache_fetch_latency_ms: float | None = None
     cache_embeddings_latency_ms: float | None = None
+    # False when the plugin config's allowed_models list does not match the model.
+    model_allowed: bool = True
 
     def ai_labels(self) -> tuple[str, ...]:
         return (
@@ -69,11 +79,16 @@ class Exchange:
 
 
 class Metrics:
-    """The plugin's collectors, registered in their own registry."""
+    """The plugin's collectors, registered in their own registry.
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX, registry: CollectorRegistry | None = None) -> None:
+    ``max_models`` caps the distinct ``ai_model`` values of this process; exchanges of
+    models beyond it are recorded as ``other``.
+    """
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX, registry: CollectorRegistry | None = None, max_models: int = DEFAULT_MAX_MODELS) -> None:
         self.prefix = prefix
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.models = ModelLimit(max_models)
         p = prefix
         r = self.registry
 
@@ -128,18 +143,50 @@ class Metrics:
             ("phase",),
             registry=r,
         )
+        self.model_collapsed = Counter(
+            f"{p}ai_metrics_model_label_collapsed_total",
+            'LLM exchanges recorded with ai_model="other": reason max_models when the per-process '
+            "maximum of distinct models was reached, not_allowed when allowed_models does not list the model.",
+            ("reason",),
+            registry=r,
+        )
+        self.events_in_progress = Gauge(
+            f"{p}ai_metrics_events_in_progress",
+            "Phase handler calls that started and have not returned; an event that Kong abandoned "
+            "stays here until the plugin server ends it.",
+            ("phase",),
+            registry=r,
+        )
+        self.abandoned_events = Counter(
+            f"{p}ai_metrics_abandoned_events_total",
+            "Events that Kong stopped stepping (a Lua error on Kong's side) and that the plugin server ended after its event timeout.",
+            ("phase",),
+            registry=r,
+        )
+        self._debug_gauges: _DebugCollector | None = None
+
+    def enable_debug_gauges(self) -> None:
+        """Register gauges for diagnosing leaks: the live greenlets of the process.
+
+        Counting them walks every object the garbage collector tracks, so each scrape
+        costs time in proportion to the heap. Leave this off in production.
+        """
+        if self._debug_gauges is None:
+            self._debug_gauges = _DebugCollector(self.prefix)
+            self.registry.register(self._debug_gauges)
 
     def record(self, exchange: Exchange) -> None:
-        """Add one exchange to every metric it concerns."""
-        labels = exchange.ai_labels()
+        """Add one exchange to every metric it concerns, with bounded label values."""
+        labels = self._bounded_labels(exchange)
+        provider, model, workspace = labels[0], labels[1], labels[6]
         self.requests.labels(*labels).inc()
 
         usage = exchange.usage
         if usage.known:
-            self._record_tokens(exchange, usage)
+            self._record_tokens(labels, usage)
         else:
             reason = usage.unknown_reason or "unknown"
-            self.usage_unknown.labels(exchange.provider, exchange.model, exchange.workspace, reason).inc()
+            self.usage_unknown.labels(provider, model, workspace, reason).inc()
 
         if exchange.cost is not None and exchange.cost > 0 and math.isfinite(exchange.cost):
             self.cost.labels(*labels).inc(exchange.cost)
@@ -147,8 +194,19 @@ class Metrics:
         _observe(self.cache_fetch_latency, labels, exchange.cache_fetch_latency_ms)
         _observe(self.cache_embeddings_latency, labels, exchange.cache_embeddings_latency_ms)
 
-    def _record_tokens(self, exchange: Exchange, usage: Usage) -> None:
-        base = exchange.ai_labels()[:6]
+    def _bounded_labels(self, exchange: Exchange) -> tuple[str, ...]:
+        labels = [bound_label(value) for value in exchange.ai_labels()]
+        if not exchange.model_allowed:
+            labels[1] = OTHER_MODEL
+            self.model_collapsed.labels(COLLAPSED_NOT_ALLOWED).inc()
+        elif not self.models.admit(labels[1]):
+            labels[1] = OTHER_MODEL
+            self.model_collapsed.labels(COLLAPSED_MAX_MODELS).inc()
+        return tuple(labels)
+
+    def _record_tokens(self, labels: tuple[str, ...], usage: Usage) -> None:
+        base = labels[:6]
+        workspace = labels[6]
         counts = (
             usage.prompt_tokens,
             usage.completion_tokens,
@@ -158,11 +216,27 @@ class Metrics:
             usage.reasoning_tokens,
         )
         for token_type, count in zip(TOKEN_TYPES, counts):
-            # Kong adds nothing for a zero count, so no zero series appears either.
-            if count:
-                self.tokens.labels(*base, token_type, exchange.workspace).inc(count)
+            # Kong adds nothing for a zero count, so no zero series appears either. A
+            # negative count can only come from a parser bug, and Counter.inc raises on it.
+            if count is not None and count > 0:
+                self.tokens.labels(*base, token_type, workspace).inc(count)
 
 
 def _observe(histogram: Histogram, labels: tuple[str, ...], value: float | None) -> None:
     if value is not None and math.isfinite(value) and value >= 0:
         histogram.labels(*labels).observe(value)
+
+
+class _DebugCollector(Collector):
+    """Gauges for leak diagnosis, computed at scrape time."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        live = sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet) and not obj.dead)
+        yield GaugeMetricFamily(
+            f"{self.prefix}ai_metrics_debug_greenlets",
+            "Live greenlets in the plugin server process (debug gauge; each scrape walks the heap).",
+            value=live,
+        )

@@ -5,25 +5,37 @@ wrapped in one broad ``except``: an exception escaping a handler would stall kon
 (before the first PDK call it blocks every later event; after one, Kong waits 60 s for
 a Step that never comes), so errors are logged, counted, and the request goes on.
 
-PDK round trips, each a Unix-socket request from Kong:
-- access, ``ai_metrics`` false: none beyond HandleEvent.
-- access, ``ai_metrics`` true: upstream URI, request body, storing the request facts,
-  and enabling buffering when the answer will be parsed.
-- log: the serialized log; then, only when this plugin enabled buffering and no Kong
-  AI statistics are present, the buffering flag and the buffered body.
+Every PDK call is a Unix-socket round trip from Kong, on top of the HandleEvent that
+starts the event, so the handlers make as few as they can:
+
+- access, ``ai_metrics`` false: none.
+- access, ``ai_metrics`` true: the request body; the upstream URI only when the body
+  does not state ``stream``, streamed answers are not buffered, and the ``provider``
+  setting does not rule out a stream flag in the URL; then one call to pass the request
+  facts on. For an answer that will be parsed, that call is
+  ``kong.nginx.set_ctx("buffered_proxying", facts)``: Kong tests that ctx field for
+  truth (``kong/init.lua``, ``kong/pdk/service/response.lua``), so the facts table
+  turns buffering on exactly as ``enable_buffering()`` does, and it reaches the log
+  timer in the ctx copy. A streamed answer left unbuffered gets its facts through
+  ``kong.log.set_serialize_value`` instead.
+- log: the serialized log. When it holds no Kong AI statistics and no facts, and the
+  request reached the balancer, the buffering field (the facts, and the guard that keeps
+  ``get_raw_body`` from raising a Lua error when Kong switched buffering off), then the
+  buffered body.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
-from . import __version__
+from . import __version__, detect
 from .config import SCHEMA, PluginConfig
 from .exchange import REQUEST_FACTS_KEY, build_exchanges, has_kong_statistics, request_facts
+from .labels import bound_label
 from .metrics import Metrics
-from .providers import read_request
+from .providers import read_request_body, stream_mode
+from .wire import WireError, loads
 
 NAME = "ai-metrics"
 # Below ai-proxy (770) so that the access phase reads the request body in the
@@ -36,6 +48,13 @@ version = __version__
 priority = PRIORITY
 
 log = logging.getLogger("kong_ai_metrics")
+
+# The ngx.ctx field behind kong.service.request.enable_buffering(); see the module docstring.
+BUFFERING_CTX_KEY = "buffered_proxying"
+
+# Providers whose APIs take the stream flag from the body alone, false when absent.
+# Gemini, Bedrock, TGI and Anthropic on Vertex put it in the URL; Ollama streams by default.
+_BODY_FLAG_PROVIDERS = frozenset({detect.OPENAI, detect.AZURE, detect.MISTRAL, detect.COHERE, detect.OPENAI_COMPATIBLE, detect.LLAMA_CPP})
 
 _metrics: Metrics | None = None
 
@@ -60,42 +79,50 @@ class Plugin:
     def access(self, kong: Any) -> None:
         if not self.config.ai_metrics:
             return
-        try:
-            self._access(kong)
-        except Exception:  # noqa: BLE001 - intentional: nothing may escape a phase handler
-            log.exception("ai-metrics access phase failed; the request continues unmeasured")
-            current_metrics().errors.labels("access").inc()
+        with current_metrics().events_in_progress.labels("access").track_inprogress():
+            try:
+                self._access(kong)
+            except Exception:  # noqa: BLE001 - intentional: nothing may escape a phase handler
+                log.exception("ai-metrics access phase failed; the request continues unmeasured")
+                current_metrics().errors.labels("access").inc()
 
     def log(self, kong: Any) -> None:
-        try:
-            self._log(kong)
-        except Exception:  # noqa: BLE001 - intentional: nothing may escape a phase handler
-            log.exception("ai-metrics log phase failed; this exchange is not recorded")
-            current_metrics().errors.labels("log").inc()
+        with current_metrics().events_in_progress.labels("log").track_inprogress():
+            try:
+                self._log(kong)
+            except Exception:  # noqa: BLE001 - intentional: nothing may escape a phase handler
+                log.exception("ai-metrics log phase failed; this exchange is not recorded")
+                current_metrics().errors.labels("log").inc()
 
     def _access(self, kong: Any) -> None:
-        upstream_uri = kong.nginx.get_var("upstream_uri")
         # 0 means "no size limit": with any other value Kong returns nil for a body
         # spooled to disk, and packing that nil raises a Lua error (a 500 for the client).
         body = kong.request.get_raw_body(0)
-        facts = read_request(
-            upstream_uri if isinstance(upstream_uri, str) else "",
-            body if isinstance(body, bytes) else b"",
-            self.config.max_body_size,
-        )
-        buffered = not facts.stream or self.config.buffer_streaming_responses
-        kong.log.set_serialize_value(
-            REQUEST_FACTS_KEY,
-            {"model": facts.model or "", "stream": facts.stream, "buffered": buffered},
-        )
+        stated = read_request_body(body if isinstance(body, bytes) else b"", self.config.max_body_size)
+        # The model is a client-chosen string: bounded here, it cannot bloat Kong's memory either.
+        facts: dict[str, Any] = {"model": bound_label(stated.model or "")}
+
+        if self.config.buffer_streaming_responses:
+            # Every response is buffered, so the stream flag is settled in the log phase.
+            buffered = True
+        elif stated.stream is not None or self.config.provider in _BODY_FLAG_PROVIDERS:
+            buffered = not stated.stream
+        else:
+            upstream_uri = kong.nginx.get_var("upstream_uri")
+            buffered = not stream_mode(upstream_uri if isinstance(upstream_uri, str) else "", stated.stream)
+        if stated.stream is not None:
+            facts["stream"] = stated.stream
+
         if buffered:
-            kong.service.request.enable_buffering()
+            kong.nginx.set_ctx(BUFFERING_CTX_KEY, facts)
+        else:
+            kong.log.set_serialize_value(REQUEST_FACTS_KEY, {**facts, "stream": True, "buffered": False})
 
     def _log(self, kong: Any) -> None:
         raw = kong.log.serialize()
         try:
-            serialized = json.loads(raw) if isinstance(raw, (str, bytes)) else None
-        except ValueError:
+            serialized = loads(raw) if isinstance(raw, (str, bytes)) else None
+        except WireError:
             serialized = None
         if not isinstance(serialized, dict):
             log.warning("kong.log.serialize() returned no JSON object; exchange not recorded")
@@ -103,15 +130,34 @@ class Plugin:
             return
 
         body: bytes | None = None
-        facts = request_facts(serialized)
-        wants_body = facts is not None and facts.get("buffered") is True and self.config.ai_metrics
-        if wants_body and not has_kong_statistics(serialized):
-            # Buffering can be switched off after access (upgrade, early exit, upstream
-            # error); get_raw_body raises a Lua error then, so ask first.
-            if kong.nginx.get_ctx("buffered_proxying"):
+        # A request that never reached the balancer (an earlier plugin's exit, no Service)
+        # has no upstream response to measure.
+        wants_body = self.config.ai_metrics and serialized.get("tries") and request_facts(serialized) is None and not has_kong_statistics(serialized)
+        if wants_body:
+            carried = kong.nginx.get_ctx(BUFFERING_CTX_KEY)
+            if carried:
                 raw_body = kong.service.response.get_raw_body()
                 body = raw_body if isinstance(raw_body, bytes) else None
+            serialized[REQUEST_FACTS_KEY] = _buffered_facts(serialized, carried)
 
         metrics = current_metrics()
         for exchange in build_exchanges(serialized, self.config, body):
             metrics.record(exchange)
+
+
+def _buffered_facts(serialized: dict[str, Any], carried: Any) -> dict[str, Any]:
+    """Return the request facts of a proxied request that the access phase chose to buffer.
+
+    ``carried`` is the buffering ctx field as the log timer sees it: the facts table
+    while buffering is on, or nil once Kong switched buffering off (an upstream failure
+    handled by Kong, an upgrade), which takes the facts with it. True means that a later
+    plugin called ``enable_buffering()`` and replaced the table. The request reached the
+    balancer, so every access handler ran and it is an exchange all the same; without
+    the table its model comes from the URL, the answer or the ``model`` setting instead
+    of the request body.
+    """
+    facts = carried if isinstance(carried, dict) else {}
+    path = serialized.get("upstream_uri")
+    body_stream = facts.get("stream")
+    stream = stream_mode(path if isinstance(path, str) else "", body_stream if isinstance(body_stream, bool) else None)
+    return {"model": facts.get("model") or "", "stream": stream, "buffered": True}

@@ -70,34 +70,45 @@ def _check_size(body: bytes, limit: int) -> bytes:
 
 
 def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
-    inflater = zlib.decompressobj(wbits)
     out = bytearray()
     pending = data
-    try:
-        while pending:
-            out += inflater.decompress(pending, limit + 1 - len(out))
-            if len(out) > limit:
-                raise BodyTooLarge("body_too_large", f"body inflates past max_body_size={limit}")
-            pending = inflater.unconsumed_tail
-        out += inflater.flush(limit + 1 - len(out))
-    except zlib.error as exc:
-        raise WireError("decode_failed", f"invalid compressed body: {exc}") from exc
-    if len(out) > limit:
-        raise BodyTooLarge("body_too_large", f"body inflates past max_body_size={limit}")
-    if not inflater.eof:
-        raise WireError("decode_failed", "compressed body ends before its end marker")
-    # A gzip body may hold several members back to back (RFC 1952 section 2.2).
-    if inflater.unused_data and wbits & 16:
-        return bytes(out) + _inflate(inflater.unused_data, wbits, limit - len(out))
-    return bytes(out)
+    # A gzip body may hold several members back to back (RFC 1952 section 2.2). They are
+    # read in a loop, not by recursion, so that thousands of tiny members cannot exhaust
+    # the stack.
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            while pending:
+                out += inflater.decompress(pending, limit + 1 - len(out))
+                if len(out) > limit:
+                    raise BodyTooLarge("body_too_large", f"body inflates past max_body_size={limit}")
+                pending = inflater.unconsumed_tail
+            out += inflater.flush(limit + 1 - len(out))
+        except zlib.error as exc:
+            raise WireError("decode_failed", f"invalid compressed body: {exc}") from exc
+        if len(out) > limit:
+            raise BodyTooLarge("body_too_large", f"body inflates past max_body_size={limit}")
+        if not inflater.eof:
+            raise WireError("decode_failed", "compressed body ends before its end marker")
+        pending = inflater.unused_data
+        if not (pending and wbits & 16):
+            return bytes(out)
 
 
 def _unbrotli(data: bytes, limit: int) -> bytes:
+    # A few hundred bytes of brotli can inflate to hundreds of megabytes in a single
+    # process() call, so every call gets an output limit and the pending output is
+    # drained in bounded steps.
     decoder = brotli.Decompressor()
     out = bytearray()
     try:
         for start in range(0, len(data), _CHUNK):
-            out += decoder.process(data[start : start + _CHUNK])
+            out += decoder.process(data[start : start + _CHUNK], output_buffer_limit=limit + 1 - len(out))
+            while len(out) <= limit and not decoder.can_accept_more_data():
+                more = decoder.process(b"", output_buffer_limit=limit + 1 - len(out))
+                if not more:
+                    break
+                out += more
             if len(out) > limit:
                 raise BodyTooLarge("body_too_large", f"body inflates past max_body_size={limit}")
         finished = decoder.is_finished()

@@ -17,6 +17,7 @@ def test_defaults_applied_and_unset_fields_null() -> None:
         "model": None,
         "buffer_streaming_responses": False,
         "max_body_size": 10 * 1024 * 1024,
+        "allowed_models": [],
     }
 
 

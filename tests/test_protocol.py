@@ -65,7 +65,7 @@ def test_dump_parses_as_kong_query_result() -> None:
     assert sorted(info["Phases"]) == ["access", "log"]
     config_fields = info["Schema"]["fields"][0]["config"]["fields"]
     names = [next(iter(field)) for field in config_fields]
-    assert names == ["ai_metrics", "pricing", "provider", "model", "buffer_streaming_responses", "max_body_size"]
+    assert names == ["ai_metrics", "pricing", "provider", "model", "buffer_streaming_responses", "max_body_size", "allowed_models"]
 
 
 def test_dump_descriptions_fit_kong_limits() -> None:

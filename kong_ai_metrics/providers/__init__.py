@@ -53,34 +53,52 @@ class RequestFacts:
     stream: bool = False
 
 
+@dataclass(frozen=True)
+class RequestBody:
+    """What a request body states by itself: the model and the ``stream`` flag, None when absent."""
+
+    model: str | None = None
+    stream: bool | None = None
+
+
 def read_request(path: str, body: bytes, limit: int) -> RequestFacts:
     """Take the model and stream flag from a request body and its upstream path.
 
     A body that is not a JSON object (or is larger than ``limit``) yields no model;
     the stream flag then comes from the path alone.
     """
+    stated = read_request_body(body, limit)
+    return RequestFacts(stated.model, stream_mode(path, stated.stream))
+
+
+def read_request_body(body: bytes, limit: int) -> RequestBody:
+    """Return the model and stream flag that a JSON request body states; nothing for other bodies."""
+    if not body or len(body) > limit:
+        return RequestBody()
+    try:
+        document = loads(body)
+    except WireError:
+        return RequestBody()
+    if not isinstance(document, dict):
+        return RequestBody()
+    model = document.get("model")
+    stream = document.get("stream")
+    return RequestBody(
+        model if isinstance(model, str) and model else None,
+        stream if isinstance(stream, bool) else None,
+    )
+
+
+def stream_mode(path: str, body_stream: bool | None) -> bool:
+    """Decide whether a request streams: by its path where the path decides, else by the body's flag, else by the API's default."""
     path_stream = detect.url_stream(path)
-    model: str | None = None
-    body_stream: object = None
-    if body and len(body) <= limit:
-        try:
-            document = loads(body)
-        except WireError:
-            document = None
-        if isinstance(document, dict):
-            candidate = document.get("model")
-            if isinstance(candidate, str) and candidate:
-                model = candidate
-            body_stream = document.get("stream")
     if path_stream is not None:
-        return RequestFacts(model, path_stream)
-    if isinstance(body_stream, bool):
-        return RequestFacts(model, body_stream)
+        return path_stream
+    if body_stream is not None:
+        return body_stream
     # Ollama's native chat and generate endpoints stream unless the request sets "stream": false.
     ollama = detect._OLLAMA_PATH.search(path.split("?", 1)[0])
-    if ollama and ollama.group("op") in ("chat", "generate"):
-        return RequestFacts(model, True)
-    return RequestFacts(model, False)
+    return bool(ollama and ollama.group("op") in ("chat", "generate"))
 
 
 def is_stream_content_type(content_type: str | None) -> bool:
@@ -113,6 +131,9 @@ def parse_response(
     stream = stream or is_stream_content_type(headers.get("content-type"))
     try:
         decoded = decode_content(body, headers.get("content-encoding"), limit)
+        if not decoded:
+            # A compressed empty body is as empty as an empty one.
+            return u.unknown(u.REASON_EMPTY_BODY)
         return parser(route, decoded, stream, headers)
     except WireError as exc:
         return u.unknown(exc.reason)

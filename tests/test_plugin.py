@@ -1,0 +1,161 @@
+"""The plugin's PDK calls per exchange, through the real process and the Kong emulator.
+
+Every PDK call is a socket round trip from Kong, counted with HandleEvent in
+``PhaseOutcome.round_trips``. Each case also checks what was recorded, so that a call
+saved never costs a count or a label.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kong_ai_metrics.kong_emulator import KongRequest, UpstreamResponse
+
+from .conftest import PluginServer
+
+PROMPT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarise the incident report."}]}
+ANSWER = json.dumps(
+    {
+        "id": "chatcmpl-7",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Done."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 31, "completion_tokens": 9, "total_tokens": 40},
+    }
+).encode()
+STREAM = (
+    b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"delta":{"content":"Done."}}]}\n\n'
+    b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o-mini-2024-07-18","choices":[],"usage":{"prompt_tokens":31,"completion_tokens":2,"total_tokens":33}}\n\n'
+    b"data: [DONE]\n\n"
+)
+JSON = {"content-type": "application/json"}
+SSE = {"content-type": "text/event-stream"}
+
+ACCESS_BUFFERED = ["kong.request.get_raw_body", "kong.nginx.set_ctx"]
+LOG_BUFFERED = ["kong.log.serialize", "kong.nginx.get_ctx", "kong.service.response.get_raw_body"]
+
+
+def chat(stream: bool | None) -> KongRequest:
+    body: dict[str, Any] = dict(PROMPT)
+    if stream is not None:
+        body["stream"] = stream
+    return KongRequest(method="POST", path="/v1/chat/completions", body=json.dumps(body).encode())
+
+
+def total_tokens(server: PluginServer, model: str = "gpt-4o-mini") -> float:
+    return server.value("kong_ai_llm_tokens_total", ai_model=model, token_type="total_tokens")
+
+
+def test_whole_answer_stream_false_three_and_four(plugin_server: PluginServer, make_worker: Any) -> None:
+    outcome = make_worker({"ai_metrics": True}).exchange(chat(False), UpstreamResponse(200, JSON, ANSWER))
+    assert outcome.access.round_trips == 3
+    assert outcome.access.methods == ACCESS_BUFFERED
+    assert outcome.buffered is True
+    assert outcome.log.round_trips == 4
+    assert outcome.log.methods == LOG_BUFFERED
+    # The label is the request's model, not the dated one in the response.
+    assert total_tokens(plugin_server) == 40
+    assert plugin_server.value("kong_ai_llm_requests_total", ai_model="gpt-4o-mini-2024-07-18") == 0
+
+
+def test_whole_answer_without_stream_field_reads_uri(plugin_server: PluginServer, make_worker: Any) -> None:
+    # The SDKs leave "stream" out when not streaming; only the URL can then tell an
+    # OpenAI request from an Ollama one, which streams by default.
+    outcome = make_worker({"ai_metrics": True}).exchange(chat(None), UpstreamResponse(200, JSON, ANSWER))
+    assert outcome.access.round_trips == 4
+    assert outcome.access.methods == ["kong.request.get_raw_body", "kong.nginx.get_var", "kong.nginx.set_ctx"]
+    assert outcome.log.round_trips == 4
+    assert total_tokens(plugin_server) == 40
+
+
+def test_provider_setting_saves_uri_read(plugin_server: PluginServer, make_worker: Any) -> None:
+    outcome = make_worker({"ai_metrics": True, "provider": "openai"}).exchange(chat(None), UpstreamResponse(200, JSON, ANSWER))
+    assert outcome.access.round_trips == 3
+    assert outcome.access.methods == ACCESS_BUFFERED
+    assert outcome.log.round_trips == 4
+    assert total_tokens(plugin_server) == 40
+
+
+def test_buffered_streams_save_uri_read(plugin_server: PluginServer, make_worker: Any) -> None:
+    worker = make_worker({"ai_metrics": True, "buffer_streaming_responses": True})
+    whole = worker.exchange(chat(None), UpstreamResponse(200, JSON, ANSWER))
+    streamed = worker.exchange(chat(True), UpstreamResponse(200, SSE, STREAM))
+    for outcome in (whole, streamed):
+        assert outcome.access.round_trips == 3
+        assert outcome.access.methods == ACCESS_BUFFERED
+        assert outcome.buffered is True
+        assert outcome.log.round_trips == 4
+    assert total_tokens(plugin_server) == 40 + 33
+
+
+def test_unbuffered_stream_three_and_two(plugin_server: PluginServer, make_worker: Any) -> None:
+    outcome = make_worker({"ai_metrics": True}).exchange(chat(True), UpstreamResponse(200, SSE, STREAM))
+    assert outcome.access.round_trips == 3
+    assert outcome.access.methods == ["kong.request.get_raw_body", "kong.log.set_serialize_value"]
+    assert outcome.buffered is False
+    assert outcome.log.round_trips == 2
+    assert outcome.log.methods == ["kong.log.serialize"]
+    assert plugin_server.value("kong_ai_llm_requests_total", ai_model="gpt-4o-mini") == 1
+    assert plugin_server.value("kong_ai_llm_usage_unknown_total", ai_model="gpt-4o-mini", reason="body_not_buffered") == 1
+
+
+def test_url_stream_never_buffered(plugin_server: PluginServer, make_worker: Any) -> None:
+    worker = make_worker({"ai_metrics": True})
+    gemini = KongRequest(
+        method="POST",
+        path="/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        query="alt=sse",
+        body=b'{"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}',
+        service_host="generativelanguage.googleapis.com",
+    )
+    ollama = KongRequest(method="POST", path="/api/chat", body=b'{"model": "llama3.2", "messages": []}', service_host="ollama.internal", service_port=11434)
+    for request in (gemini, ollama):
+        outcome = worker.exchange(request, UpstreamResponse(200, SSE, b"data: {}\n\n"))
+        assert outcome.buffered is False, request.path
+        assert outcome.access.methods == ["kong.request.get_raw_body", "kong.nginx.get_var", "kong.log.set_serialize_value"]
+        assert outcome.log.round_trips == 2
+    assert plugin_server.value("kong_ai_llm_requests_total", ai_provider="gemini", ai_model="gemini-2.5-flash") == 1
+    assert plugin_server.value("kong_ai_llm_requests_total", ai_provider="ollama", ai_model="llama3.2") == 1
+
+
+def test_url_stream_buffered_parsed(plugin_server: PluginServer, make_worker: Any) -> None:
+    # With every answer buffered the URI is not read in access; the log phase takes the
+    # stream flag from the serialized upstream_uri instead.
+    worker = make_worker({"ai_metrics": True, "buffer_streaming_responses": True})
+    ndjson = (
+        b'{"model":"llama3.2","message":{"role":"assistant","content":"Hi"},"done":false}\n'
+        b'{"model":"llama3.2","message":{"role":"assistant","content":""},"done":true,"prompt_eval_count":26,"eval_count":3}\n'
+    )
+    request = KongRequest(method="POST", path="/api/chat", body=b'{"model": "llama3.2", "messages": []}', service_host="ollama.internal", service_port=11434)
+    outcome = worker.exchange(request, UpstreamResponse(200, {"content-type": "application/x-ndjson"}, ndjson))
+    assert outcome.access.round_trips == 3
+    assert outcome.log.round_trips == 4
+    assert total_tokens(plugin_server, "llama3.2") == 29
+
+
+def test_ai_metrics_false_one_and_two(plugin_server: PluginServer, make_worker: Any) -> None:
+    outcome = make_worker({"ai_metrics": False}).exchange(chat(False), UpstreamResponse(200, JSON, ANSWER))
+    assert outcome.access.round_trips == 1
+    assert outcome.log.round_trips == 2
+
+
+def test_buffering_switched_off_still_counted(plugin_server: PluginServer, make_worker: Any) -> None:
+    # Kong drops the buffering field, facts and all, on an upgrade; the request reached
+    # the balancer, so it still counts, labelled without the body's model.
+    request = chat(False)
+    request.upgrade = True
+    outcome = make_worker({"ai_metrics": True, "model": "configured-model"}).exchange(request, UpstreamResponse(200, JSON, ANSWER))
+    assert outcome.buffered is False
+    assert outcome.log.methods == ["kong.log.serialize", "kong.nginx.get_ctx"]
+    assert plugin_server.value("kong_ai_llm_usage_unknown_total", ai_model="configured-model", reason="body_not_buffered") == 1
+    assert plugin_server.value("kong_ai_metrics_errors_total") == 0
+
+
+def test_stream_flag_kept_for_buffered_parse(plugin_server: PluginServer, make_worker: Any) -> None:
+    # An SSE body served with a JSON content type is still read as a stream, because the
+    # request said "stream": true and the facts carried that to the log phase.
+    worker = make_worker({"ai_metrics": True, "buffer_streaming_responses": True})
+    outcome = worker.exchange(chat(True), UpstreamResponse(200, JSON, STREAM))
+    assert outcome.log.status == "ok"
+    assert total_tokens(plugin_server) == 33
