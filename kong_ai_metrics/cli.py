@@ -86,8 +86,19 @@ def _server_parser() -> argparse.ArgumentParser:
             f"(environment {DISPATCHER_ENV}; default %(default)s)"
         ),
     )
-    parser.add_argument("-v", "--verbose", action="count", default=1, help="more logging; repeat for debug output")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+    verbosity = parser.add_mutually_exclusive_group()
+    # The server logs at info by default, so one -v already gives debug output.
+    verbosity.add_argument("-v", "--verbose", action="count", default=1, help="log debug detail (default: info)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+    parser.add_argument(
+        "--no-exit-with-parent",
+        dest="exit_with_parent",
+        action="store_false",
+        help=(
+            "keep serving when the process that started the server exits; by default the server "
+            "stops with Kong's worker that started it, so it never outlives Kong"
+        ),
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_metrics_options(parser)
     _add_limit_options(parser)
@@ -232,7 +243,11 @@ def _replay_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("files", nargs="+", metavar="FILE.har", help="HAR files exported by a browser, Insomnia or mitmproxy")
     parser.add_argument("--config", metavar="FILE", help="plugin config as JSON or YAML (the plugin's 'config' object)")
-    parser.add_argument("--serve", action="store_true", help="keep /metrics up after the replay until interrupted")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep /metrics up on --metrics-listen after the replay until interrupted; without it, a free loopback port is used",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging; repeat for debug output")
     _add_metrics_options(parser)
     return parser
@@ -250,6 +265,11 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(0 if args.quiet else args.verbose)
     try:
         host, port = parse_listen(args.metrics_listen)
+    except ValueError as exc:
+        source = f" (from {LISTEN_ENV})" if os.environ.get(LISTEN_ENV) == args.metrics_listen else ""
+        print(f"kong-ai-metrics: --metrics-listen{source}: {exc}", file=sys.stderr)
+        return 2
+    try:
         security = _sidecar_security(args)
     except ValueError as exc:
         print(f"kong-ai-metrics: {exc}", file=sys.stderr)
@@ -268,5 +288,6 @@ def _serve(args: argparse.Namespace) -> int:
         debug_gauges=args.debug_gauges,
         sidecar_security=security,
         dispatcher=args.dispatcher,
+        exit_with_parent=args.exit_with_parent,
     )
     return serve(options)

@@ -51,7 +51,9 @@ def build_exchanges(serialized: Mapping[str, Any], config: PluginConfig, body: b
     route = _route(serialized, config)
     stream = facts.get("stream") is True
     if body is None:
-        usage = u.unknown(u.REASON_NOT_BUFFERED)
+        # The status is known without the body: an error stays an upstream error.
+        reason = u.REASON_UPSTREAM_ERROR if _status(serialized) >= 400 else u.REASON_NOT_BUFFERED
+        usage = u.unknown(reason)
     else:
         usage = parse_response(route, _status(serialized), _response_headers(serialized), body, stream, config.max_body_size)
 

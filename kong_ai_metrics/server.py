@@ -91,7 +91,12 @@ def serve(options: ServerOptions) -> int:
     try:
         sidecar = Sidecar(options.metrics_host, options.metrics_port, metrics.registry, options.sidecar_security).start()
     except (OSError, ValueError) as exc:
-        log.error("cannot listen for /metrics on %s:%s: %s", options.metrics_host, options.metrics_port, exc)
+        log.error(
+            "cannot listen for /metrics on %s:%s: %s; choose another address with --metrics-listen or KONG_AI_METRICS_LISTEN",
+            options.metrics_host,
+            options.metrics_port,
+            exc,
+        )
         return 1
 
     try:

@@ -402,3 +402,35 @@ def test_openmetrics_when_scraper_asks(plugin_server: PluginServer, make_worker:
     assert content_type.startswith("application/openmetrics-text")
     assert text.rstrip().endswith("# EOF")
     assert "kong_ai_llm_requests_total{" in text
+
+
+def test_unbuffered_stream_error_is_upstream_error(plugin_server: PluginServer, make_worker: Any) -> None:
+    worker = make_worker({"ai_metrics": True})
+    capture = load_har(str(EXAMPLES / "openai.har"))[5]
+    assert capture.response.status == 429
+    outcome = worker.exchange(capture.request, capture.response)
+    assert outcome.buffered is False
+    assert plugin_server.value("kong_ai_llm_usage_unknown_total", reason="upstream_error") == 1
+    assert plugin_server.value("kong_ai_llm_usage_unknown_total", reason="body_not_buffered") == 0
+
+
+@pytest.mark.parametrize(("flags", "survives"), [([], False), (["--no-exit-with-parent"], True)], ids=["default", "no-exit-with-parent"])
+def test_server_exit_with_parent(tmp_path: Any, flags: list[str], survives: bool) -> None:
+    import signal
+    import time
+
+    from kong_ai_metrics.replay import _free_port
+
+    command = [sys.executable, "-m", "kong_ai_metrics", "-q", "-p", str(tmp_path), "--metrics-listen", f"127.0.0.1:{_free_port()}", *flags]
+    # The shell starts the server in the background, prints its pid and exits after a second.
+    launcher = subprocess.run(["bash", "-c", " ".join(command) + " >/dev/null 2>&1 & echo $!; sleep 1"], capture_output=True, text=True, timeout=30)
+    pid = int(launcher.stdout.split()[0])
+    time.sleep(3)
+    try:
+        os.kill(pid, 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    if alive:
+        os.kill(pid, signal.SIGTERM)
+    assert alive is survives
