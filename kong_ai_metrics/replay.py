@@ -39,6 +39,7 @@ from .cost import CostSplit, compute_cost
 from .kong_emulator import KongRequest, KongWorker, UpstreamResponse, query_plugin_info
 from .kong_schema import validate_config
 from .providers import read_request
+from .server import configure_logging
 from .usage import Usage
 
 log = logging.getLogger("kong_ai_metrics.replay")
@@ -334,8 +335,7 @@ def _print_tables(rows: list[Row]) -> None:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
-    logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     dump = subprocess.run([*_server_command(), "-dump"], capture_output=True, check=True, text=True).stdout
     info = query_plugin_info(dump)
     try:

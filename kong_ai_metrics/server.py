@@ -203,7 +203,13 @@ def _exit_with_parent(server: StreamServer, parent_pid: int) -> None:
 
 
 def configure_logging(verbosity: int) -> None:
+    """Send logs to stderr at warning (0), info (1) or debug (2 and more) level."""
     # Kong logs each line the plugin server prints, so logs go to stderr and stdout
     # stays free for the query command's JSON.
-    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    if verbosity <= 0:
+        level = logging.WARNING
+    elif verbosity == 1:
+        level = logging.INFO
+    else:
+        level = logging.DEBUG
     logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
