@@ -8,6 +8,7 @@ it into an unknown-usage reason.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -137,6 +138,9 @@ def loads(data: bytes | str) -> Any:
         raise WireError("malformed_body", f"invalid JSON: {exc}") from exc
 
 
+_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
+
+
 @dataclass(frozen=True)
 class SSEEvent:
     event: str
@@ -163,20 +167,14 @@ class SSEDecoder:
         events: list[SSEEvent] = []
         pos = 0
         size = len(buf)
-        while pos < size:
-            lf = buf.find(b"\n", pos)
-            cr = buf.find(b"\r", pos, lf if lf != -1 else size)
-            start = pos
-            if cr != -1:
+        # One regex scan finds every line ending, so a body of CR-only lines costs linear
+        # time (searching for LF from each line start would rescan the rest every time).
+        for ending in _LINE_ENDING.finditer(buf):
+            if ending.end() == size and buf[ending.start()] == 0x0D and ending.end() - ending.start() == 1:
                 # A CR at the very end may be the first half of a CRLF still in transit.
-                if cr + 1 == size:
-                    break
-                end, pos = cr, cr + (2 if buf[cr + 1] == 0x0A else 1)
-            elif lf != -1:
-                end, pos = lf, lf + 1
-            else:
                 break
-            event = self._process_line(buf[start:end])
+            event = self._process_line(buf[pos : ending.start()])
+            pos = ending.end()
             if event is not None:
                 events.append(event)
         self._buffer = buf[pos:]

@@ -145,3 +145,39 @@ def test_responses_stream_failed_is_stream_error() -> None:
     failed = {"type": "response.failed", "sequence_number": 3, "response": {"id": "r", "model": "gpt-4.1", "status": "failed", "usage": None}}
     body = f"event: response.failed\ndata: {json.dumps(failed)}\n\n".encode()
     assert parse(RESPONSES, body, stream=True).unknown_reason == "stream_error"
+
+
+def test_usage_not_an_object_is_no_usage() -> None:
+    for value in (b"5", b"true", b'"12"', b"[1, 2]"):
+        usage = parse(CHAT, b'{"model": "gpt-4o", "usage": ' + value + b"}")
+        assert usage.unknown_reason == "no_usage", value
+
+
+def test_groq_usage_under_x_groq() -> None:
+    body = sse(
+        {"id": "c", "model": "llama-3.1-8b-instant", "choices": [{"index": 0, "delta": {"content": "Hi"}}], "x_groq": {"id": "req_1"}},
+        {
+            "id": "c",
+            "model": "llama-3.1-8b-instant",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "x_groq": {"id": "req_1", "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}},
+        },
+        b"[DONE]",
+    )
+    assert numbers(parse(Route("openai_compatible", "chat"), body, stream=True)) == (12, 2, 14, None, None, None, None)
+
+
+def test_whole_json_answer_to_stream_request() -> None:
+    body = json.dumps({"model": "gpt-4o-mini", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}}).encode()
+    usage = parse_response(CHAT, 200, JSON, body, True, 1 << 20)
+    assert numbers(usage) == (9, 3, 12, None, None, None, None)
+
+
+def test_parser_bug_becomes_internal_error(monkeypatch: object) -> None:
+    from kong_ai_metrics import providers
+
+    def broken(*_: object) -> Usage:
+        raise KeyError("bug")
+
+    monkeypatch.setitem(providers.PARSERS, "openai", broken)  # type: ignore[attr-defined]
+    assert parse(CHAT, b'{"usage": {}}').unknown_reason == "internal_error"

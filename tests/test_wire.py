@@ -110,3 +110,10 @@ def test_ndjson_lines() -> None:
 def test_ndjson_bad_line_raises_wire_error() -> None:
     with pytest.raises(WireError):
         list(iter_ndjson(b'{"a":1}\n{"b":'))
+
+
+def test_sse_many_cr_only_lines() -> None:
+    # 2 MB of bare CRs used to take minutes: each line rescanned the rest for an LF.
+    events, incomplete = iter_sse(b"\r" * 2_000_000 + b"data: x\r\r")
+    assert events == [SSEEvent("", "x")]
+    assert incomplete is False

@@ -9,6 +9,7 @@ lower-case names (some providers report counts there).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from ..detect import Route
 from ..wire import WireError, decode_content, loads
 from . import anthropic, bedrock, gemini, openai
 from . import cohere, huggingface, llamacpp, ollama
+
+log = logging.getLogger("kong_ai_metrics.providers")
 
 ResponseParser = Callable[[Route, bytes, bool, Mapping[str, str]], u.Usage]
 
@@ -128,12 +131,29 @@ def parse_response(
     parser = PARSERS.get(route.provider)
     if parser is None:
         return u.unknown(u.REASON_UNSUPPORTED)
-    stream = stream or is_stream_content_type(headers.get("content-type"))
+    content_type = headers.get("content-type")
+    stream = stream or is_stream_content_type(content_type)
     try:
         decoded = decode_content(body, headers.get("content-encoding"), limit)
         if not decoded:
             # A compressed empty body is as empty as an empty one.
             return u.unknown(u.REASON_EMPTY_BODY)
+        if stream and _is_whole_json(content_type, decoded) and route.provider not in _OWN_STREAM_DETECTION:
+            # A server that ignored the request's stream flag sent one JSON document.
+            stream = False
         return parser(route, decoded, stream, headers)
     except WireError as exc:
         return u.unknown(exc.reason)
+    except Exception:  # noqa: BLE001 - intentional: a parser bug must not escape into a phase handler
+        log.exception("parser for %s failed on a %d-byte body; usage counted as unknown", route.provider, len(body))
+        return u.unknown(u.REASON_INTERNAL)
+
+
+# Parsers that tell a stream from a whole body by its bytes: Gemini streams JSON arrays
+# as application/json, and Bedrock's event stream is binary.
+_OWN_STREAM_DETECTION = frozenset({detect.GEMINI, detect.BEDROCK})
+
+
+def _is_whole_json(content_type: str | None, body: bytes) -> bool:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" and body.lstrip()[:1] == b"{"

@@ -28,7 +28,8 @@ def parse_response(route: Route, body: bytes, stream: bool, headers: Mapping[str
     model = text_at(document, "model")
     if "error" in document and document.get("error") is not None:
         return u.unknown(u.REASON_UPSTREAM_ERROR, model)
-    if route.api == "responses" or "input_tokens" in (document.get("usage") or {}):
+    report = document.get("usage")
+    if route.api == "responses" or (isinstance(report, dict) and "input_tokens" in report):
         return _responses_usage(document.get("usage"), model)
     return chat_usage(document.get("usage"), model)
 
@@ -101,6 +102,9 @@ def _parse_stream(route: Route, body: bytes) -> u.Usage:
         # Azure sends annotation frames with an empty model; keep the first real name.
         model = model or text_at(chunk, "model")
         report = chunk.get("usage")
+        if not isinstance(report, dict):
+            # Groq streams put the final usage under x_groq instead.
+            report = dig(chunk, "x_groq", "usage")
         if isinstance(report, dict):
             # Servers that repeat usage on every chunk send running totals: keep the last.
             last_usage = chat_usage(report, model)
