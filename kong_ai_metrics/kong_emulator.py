@@ -112,7 +112,9 @@ class _EmptyMap(dict):  # type: ignore[type-arg]
 
 
 def _pack(value: Any) -> bytes:
-    return msgpack.packb(_prepare(value), use_bin_type=True)
+    # A Lua string is bytes: one that is not valid UTF-8 (a raw header byte) is held here
+    # as a str with surrogate escapes and goes out as msgpack str with those raw bytes.
+    return msgpack.packb(_prepare(value), use_bin_type=True, unicode_errors="surrogateescape")
 
 
 def _prepare(value: Any) -> Any:

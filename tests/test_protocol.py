@@ -434,3 +434,14 @@ def test_server_exit_with_parent(tmp_path: Any, flags: list[str], survives: bool
     if alive:
         os.kill(pid, signal.SIGTERM)
     assert alive is survives
+
+
+def test_invalid_utf8_header_in_serialized_log(plugin_server: PluginServer, make_worker: Any) -> None:
+    # cjson copies header bytes as they came, so the serialized log Kong sends can hold a
+    # Latin-1 byte that is not valid UTF-8: here 0xE9 in an upstream response header,
+    # held as a surrogate escape and sent as that raw byte.
+    request, upstream = chat_exchange(headers={"content-type": "application/json", "x-served-by": "caf\udce9"})
+    outcome = make_worker(PRICED).exchange(request, upstream)
+    assert outcome.log.status == "ok"
+    assert plugin_server.value("kong_ai_metrics_errors_total") == 0
+    assert tokens(plugin_server, "gpt-4o-mini", "total_tokens") == 37
