@@ -14,6 +14,7 @@ from . import __version__, plugin
 from .labels import DEFAULT_MAX_MODELS
 from .metrics import DEFAULT_PREFIX
 from .pdk_events import DEFAULT_EVENT_TIMEOUT
+from .server import BUILTIN_DISPATCHER, DISPATCHERS
 from .sidecar import DEFAULT_LISTEN, SidecarSecurity, parse_basic_auth, parse_listen
 
 LISTEN_ENV = "KONG_AI_METRICS_LISTEN"
@@ -79,8 +80,8 @@ def _server_parser() -> argparse.ArgumentParser:
     parser.add_argument("--listen-queue-size", type=int, default=4096, help="backlog of the Unix socket (default %(default)s)")
     parser.add_argument(
         "--dispatcher",
-        choices=("builtin", "kong-pdk"),
-        default=os.environ.get(DISPATCHER_ENV, "builtin"),
+        choices=DISPATCHERS,
+        default=os.environ.get(DISPATCHER_ENV, BUILTIN_DISPATCHER),
         help=(
             "RPC dispatcher: the built-in one, or kong-pdk's own server in gevent mode as a fallback "
             f"(environment {DISPATCHER_ENV}; default %(default)s)"

@@ -110,6 +110,15 @@ def url_stream(path: str) -> bool | None:
     return None
 
 
+def streams_by_default(path: str) -> bool:
+    """Return True for an API that streams when the request body does not set ``stream``.
+
+    Ollama's native chat and generate endpoints stream unless told ``"stream": false``.
+    """
+    match = _OLLAMA_PATH.search(path.split("?", 1)[0])
+    return bool(match and match.group("op") in ("chat", "generate"))
+
+
 def _provider_from_host(host: str, path: str) -> str | None:
     if host == "api.openai.com":
         return OPENAI

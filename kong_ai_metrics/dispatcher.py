@@ -251,10 +251,6 @@ class Dispatcher:
             "plugin.GetPluginInfo": self._get_plugin_info,
         }
 
-    @property
-    def pending_events(self) -> int:
-        return len(self._events)
-
     def _pack(self, value: Any) -> bytes:
         packed: bytes = self._packer.pack(value)
         return packed

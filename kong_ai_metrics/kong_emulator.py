@@ -554,6 +554,8 @@ class KongWorker:
         self.config = validate_config(plugin_info["Schema"]["fields"][0]["config"]["fields"], config)
         self.seq = 1
         self.instance_id: int | None = None
+        # The __seq__ that instance_id was started with; a newer seq restarts the instance.
+        self._instance_seq = 0
         self.errors: list[str] = []
         # How often HandleEvent returned the `no plugin instance` error and the instance was reset.
         self.instance_resets = 0
@@ -600,8 +602,6 @@ class KongWorker:
             except (RpcError, RpcErrorReply):
                 pass  # Kong ignores errors here too
         return self.instance_id
-
-    _instance_seq = 0
 
     def run_event(self, phase: str, methods: dict[str, Callable[..., Any]]) -> PhaseOutcome:
         """Run one event as Kong's bridge loop does and report how it ended."""

@@ -68,9 +68,6 @@ class ExpiringPluginServer(PluginServer):  # type: ignore[misc]
             self._waiting[event_id] = (time.monotonic(), waiting[1])
         return reply
 
-    def pending_events(self) -> int:
-        return len(self.events)
-
     def expire_abandoned(self) -> int:
         """End every event that has waited longer than ``event_timeout`` for a Step; return how many."""
         deadline = time.monotonic() - self.event_timeout

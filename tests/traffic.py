@@ -13,7 +13,7 @@ CONFIG = {"ai_metrics": True, "buffer_streaming_responses": True}
 
 # Every RPC dispatcher the server offers, as command-line arguments, so that load tests
 # hold for each of them.
-DISPATCHER_ARGS = {name: ["--dispatcher", name] for name in getattr(server, "DISPATCHERS", ())} or {"default": []}
+DISPATCHER_ARGS = {name: ["--dispatcher", name] for name in server.DISPATCHERS}
 
 _REQUEST = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
 _STREAM_REQUEST = json.dumps({"model": "gpt-4o", "stream": True, "stream_options": {"include_usage": True}, "messages": []}).encode()

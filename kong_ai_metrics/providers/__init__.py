@@ -50,7 +50,7 @@ _STREAM_CONTENT_TYPES = (
 
 @dataclass(frozen=True)
 class RequestFacts:
-    """What the access phase learns from the request body."""
+    """Model and stream flag of a request, from its body and upstream path."""
 
     model: str | None = None
     stream: bool = False
@@ -58,7 +58,7 @@ class RequestFacts:
 
 @dataclass(frozen=True)
 class RequestBody:
-    """What a request body states by itself: the model and the ``stream`` flag, None when absent."""
+    """Model and ``stream`` flag as a request body states them, None when absent."""
 
     model: str | None = None
     stream: bool | None = None
@@ -99,9 +99,7 @@ def stream_mode(path: str, body_stream: bool | None) -> bool:
         return path_stream
     if body_stream is not None:
         return body_stream
-    # Ollama's native chat and generate endpoints stream unless the request sets "stream": false.
-    ollama = detect._OLLAMA_PATH.search(path.split("?", 1)[0])
-    return bool(ollama and ollama.group("op") in ("chat", "generate"))
+    return detect.streams_by_default(path)
 
 
 def is_stream_content_type(content_type: str | None) -> bool:
