@@ -1,7 +1,7 @@
 """Recognise the LLM provider, API, model and stream flag of a request from its upstream URL.
 
 Kong proxies to the Service's host, so the provider is recognised from that host and
-from the upstream path; the ``provider`` plugin setting overrides the host. Some
+from the upstream path. The ``provider`` plugin setting replaces that detection. Some
 providers put the model (Azure deployments, Gemini, Vertex, Bedrock, Hugging Face
 serverless) or the stream flag (Gemini, Bedrock, TGI) in the URL instead of the body.
 """
@@ -42,7 +42,7 @@ PROVIDERS = (
 
 @dataclass(frozen=True)
 class Route:
-    """What the upstream URL tells about an LLM request."""
+    """Provider, API, model and stream flag that an upstream URL identifies."""
 
     provider: str
     api: str

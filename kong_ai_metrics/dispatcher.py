@@ -11,7 +11,8 @@ Each event runs as a greenlet. A PDK call made by the handler switches back to t
 dispatcher, which sends the call to Kong as its reply. The Step that carries the result
 switches into the event's greenlet again, whichever connection it arrives on. Everything
 runs on one thread, so no event needs a thread, a queue or a lock. In exchange, a handler
-holds the whole server from one PDK call to the next and must never block. Greenlets go
+blocks the whole server from one PDK call to the next, so handlers must not make
+blocking calls (nothing enforces this). Greenlets go
 back to a pool when their event ends: starting a new greenlet costs about ten times as
 much as switching to an idle one.
 
@@ -152,8 +153,8 @@ KONG = PdkProxy("kong")
 class _Worker(greenlet.greenlet):  # type: ignore[misc]
     """A greenlet that runs one phase handler per event, suspended while Kong runs a PDK call.
 
-    Switching in a handler starts it; the worker switches back with a PDK call as
-    ``(method, args)`` or with ``RET`` when the handler has finished, and then waits
+    Switching in a handler starts it. The worker switches back with a PDK call as
+    ``(method, args)``, or with ``RET`` when the handler has finished, and then waits
     for the next handler. The attributes describe the event it is running.
     """
 
@@ -203,13 +204,13 @@ class _LogLimiter:
 
 
 class Dispatcher:
-    """Answer Kong's plugin RPC requests for one plugin; see the module docstring for the rules."""
+    """Handle Kong's plugin RPC requests for one plugin, following the rules in the module docstring."""
 
     def __init__(self, plugin: PluginSpec, event_timeout: float, on_abandoned: Callable[[str], None] | None = None) -> None:
         """``event_timeout`` is how long, in seconds, an event may wait for its next Step.
 
         Kong runs each PDK call locally and sends the Step right away, so a live event
-        waits milliseconds; the limit only bounds the memory held by events that Kong
+        waits milliseconds. The limit only bounds the memory kept by events that Kong
         has given up on. ``on_abandoned`` is called with the phase of each event dropped.
         """
         if event_timeout <= 0:
@@ -448,7 +449,7 @@ class Dispatcher:
         """Keep greenlets of finished events for reuse, or end the idle ones and keep none.
 
         The transport keeps none while no Kong connection is open: Kong closes pooled
-        connections that stay idle for 60 s, so a quiet server holds no idle greenlets.
+        connections that stay idle for 60 s, so a quiet server keeps no idle greenlets.
         """
         self._pool_limit = _MAX_IDLE_WORKERS if keep else 0
         while len(self._idle) > self._pool_limit:
@@ -577,7 +578,7 @@ class UnixRpcServer:
         return len(self._connections)
 
     def stop(self) -> None:
-        """Stop the loop after the messages in hand are answered; safe to call from a signal handler."""
+        """Stop the loop once the messages already read have replies. Safe to call from a signal handler."""
         self._stopping = True
         try:
             self._wake_writer.send(b"\0")

@@ -8,8 +8,8 @@ parts that hurt a careless plugin:
   Steps of one event may travel on different connections;
 - typed Step names, the multimap, raw-body (bin) and serialize (JSON string) fix-ups,
   no ``Data`` key for a nil result, never a StepError;
-- a Lua error inside a PDK method abandons the event: no Step is sent, access answers
-  500, a log event is dropped;
+- a Lua error inside a PDK method abandons the event: no Step is sent, access returns
+  500 to the client, and a log event is dropped;
 - the log phase runs later from a snapshot, where request-scoped calls fail and the
   upstream body can be read only when buffering really happened;
 - ``no plugin instance`` from HandleEvent resets the cached instance and retries;
@@ -79,7 +79,7 @@ class RpcError(Exception):
 
 
 class RpcErrorReply(Exception):
-    """The plugin server answered a request with an error string."""
+    """Error string that the plugin server returned for a request."""
 
 
 class InstanceStartError(Exception):
@@ -228,7 +228,7 @@ class UpstreamResponse:
 
 @dataclass
 class KongRequest:
-    """One client request as Kong sees it, with the Service it is routed to."""
+    """One client request as Kong receives it, with the Service it is routed to."""
 
     method: str
     path: str
@@ -267,7 +267,7 @@ class KongRequest:
 
 @dataclass
 class PhaseOutcome:
-    """What happened to one event: finished, abandoned on a Lua error, exited, or skipped."""
+    """Outcome of one event: finished, abandoned on a Lua error, exited, or skipped."""
 
     phase: str
     status: str
@@ -761,7 +761,7 @@ def query_plugin_info(dump_output: str) -> dict[str, Any]:
     else:
         plugins = decoded
     if not isinstance(plugins, list) or not plugins:
-        raise ValueError("query output holds no plugin info")
+        raise ValueError("query output contains no plugin info: expected a JSON array of plugin infos")
     info = plugins[0]
     priority = info.get("Priority")
     if not isinstance(priority, int) or isinstance(priority, bool):

@@ -74,8 +74,8 @@ def _field(definition: dict[str, Any], value: Any, path: str, errors: dict[str, 
     if value is None:
         if "default" in definition:
             return copy.deepcopy(definition["default"])
-        # Inside a plugin config Kong makes record fields required unless they say
-        # otherwise, and expands an absent one with its own defaults.
+        # Inside a plugin config Kong makes record fields required unless they set
+        # required = false, and expands an absent one with its own defaults.
         if kind == "record" and definition.get("required", True) is not False:
             value = {}
         elif definition.get("required") is True:

@@ -1,7 +1,7 @@
 """Bounds on label values that clients and upstreams choose.
 
 The model name comes from the request body or from the upstream's response, so one client
-can send a new name on every request, and each new name adds a set of series to every
+can send a new name on every request. Each new name adds a set of series to every
 Prometheus server that scrapes the plugin. Label values are therefore cut to
 ``MAX_LABEL_BYTES`` bytes of UTF-8, and the number of distinct model values per process
 is capped: once the cap is reached, new names are recorded as ``OTHER_MODEL``.

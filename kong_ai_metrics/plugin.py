@@ -1,4 +1,4 @@
-"""The ``ai-metrics`` plugin as kong-pdk sees it: ``Plugin``, ``Schema``, ``version``, ``priority``.
+"""The ``ai-metrics`` plugin in the form kong-pdk loads: ``Plugin``, ``Schema``, ``version``, ``priority``.
 
 The phase methods only make PDK calls and hand the results to pure modules. Each is
 wrapped in one broad ``except``: an exception escaping a handler would stall kong-pdk
@@ -148,7 +148,7 @@ class Plugin:
 def _buffered_facts(serialized: dict[str, Any], carried: Any) -> dict[str, Any]:
     """Return the request facts of a proxied request that the access phase chose to buffer.
 
-    ``carried`` is the buffering ctx field as the log timer sees it: the facts table
+    ``carried`` is the buffering ctx field as the log timer reads it: the facts table
     while buffering is on, or nil once Kong switched buffering off (an upstream failure
     handled by Kong, an upgrade), which takes the facts with it. True means that a later
     plugin called ``enable_buffering()`` and replaced the table. The request reached the

@@ -164,7 +164,7 @@ def _is_encoded(data: bytes, coding: str) -> bool:
 def load_config(path: str | None) -> dict[str, Any]:
     """Read the plugin config for replay; without a file, payload reading is on.
 
-    The file holds the plugin's ``config`` object as JSON or YAML. A whole plugin entity
+    The file contains the plugin's ``config`` object as JSON or YAML. A whole plugin entity
     (``name`` and ``config``, as in declarative configuration) is accepted too.
     """
     if path is None:

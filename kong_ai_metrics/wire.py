@@ -150,10 +150,10 @@ class SSEEvent:
 class SSEDecoder:
     """Incremental server-sent events decoder (WHATWG rules).
 
-    Lines may end in LF, CRLF or CR; comment lines (leading ``:``) are skipped; one
-    space after the field colon is removed; several ``data`` lines join with LF; an
+    Lines may end in LF, CRLF or CR. Comment lines (leading ``:``) are skipped, and one
+    space after the field colon is removed. Several ``data`` lines join with LF, and an
     event is dispatched at a blank line. Feed bytes as they arrive, in any split, then
-    call ``flush``: it reports whether the stream ended in the middle of an event.
+    call ``flush``, which reports whether the stream ended in the middle of an event.
     """
 
     def __init__(self) -> None:

@@ -121,7 +121,7 @@ def test_example_exchanges_scrape_values(plugin_server: PluginServer, make_worke
     assert tokens(s, "gpt-4o", "completion_tokens") == 4
     assert tokens(s, "gpt-4o", "total_tokens") == 1216
     assert tokens(s, "gpt-4o", "cached_tokens") == 1024
-    # gzip-encoded reasoning model answer.
+    # gzip-encoded reasoning model response.
     assert tokens(s, "o3-mini", "completion_tokens") == 214
     assert tokens(s, "o3-mini", "reasoning_tokens") == 192
     # Embeddings and legacy completions.
@@ -262,7 +262,7 @@ def test_kong_statistics_cost_used_without_price(plugin_server: PluginServer, ma
 
 
 # ---------------------------------------------------------------------------------
-# Bad input: the server keeps answering and each case is counted
+# Bad input: the server keeps serving and each case is counted
 
 
 @pytest.mark.parametrize(
@@ -437,9 +437,9 @@ def test_server_exit_with_parent(tmp_path: Any, flags: list[str], survives: bool
 
 
 def test_invalid_utf8_header_in_serialized_log(plugin_server: PluginServer, make_worker: Any) -> None:
-    # cjson copies header bytes as they came, so the serialized log Kong sends can hold a
-    # Latin-1 byte that is not valid UTF-8: here 0xE9 in an upstream response header,
-    # held as a surrogate escape and sent as that raw byte.
+    # cjson copies header bytes as they came, so the serialized log Kong sends can
+    # contain a Latin-1 byte that is not valid UTF-8. Here it is 0xE9 in an upstream
+    # response header, written as a surrogate escape and sent as that raw byte.
     request, upstream = chat_exchange(headers={"content-type": "application/json", "x-served-by": "caf\udce9"})
     outcome = make_worker(PRICED).exchange(request, upstream)
     assert outcome.log.status == "ok"

@@ -43,7 +43,7 @@ def parse_response(route: Route, body: bytes, stream: bool, headers: Mapping[str
 
     The JSON-array stream comes as ``application/json`` like a whole response, so the
     first byte of the body decides, not ``stream``. Gemini's OpenAI-compatible endpoint
-    (``/v1beta/openai/chat/completions``) answers in OpenAI's format.
+    (``/v1beta/openai/chat/completions``) responds in OpenAI's format.
     """
     if route.api == "chat":
         return openai.parse_response(route, body, stream, headers)
