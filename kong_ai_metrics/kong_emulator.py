@@ -241,6 +241,9 @@ class KongRequest:
     service_protocol: str = "https"
     service_path: str | None = None
     strip_path: str | None = None
+    # Entity ids; by default derived from the Service host and the route path.
+    service_id: str | None = None
+    route_id: str | None = None
     workspace_name: str = "default"
     client_body_buffer_size: int = DEFAULT_CLIENT_BODY_BUFFER_SIZE
     # Kong >= 3.8 reads a spooled body when get_raw_body is called with 0.
@@ -456,7 +459,7 @@ def _multimap(headers: dict[str, str]) -> dict[str, list[str]]:
 
 def _service_entity(request: KongRequest) -> dict[str, Any]:
     return {
-        "id": str(uuid.uuid5(uuid.NAMESPACE_DNS, request.service_host)),
+        "id": request.service_id or str(uuid.uuid5(uuid.NAMESPACE_DNS, request.service_host)),
         "name": request.service_host.replace(".", "-"),
         "host": request.service_host,
         "port": request.service_port,
@@ -467,7 +470,7 @@ def _service_entity(request: KongRequest) -> dict[str, Any]:
 
 def _route_entity(request: KongRequest) -> dict[str, Any]:
     return {
-        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, request.strip_path or request.path)),
+        "id": request.route_id or str(uuid.uuid5(uuid.NAMESPACE_URL, request.strip_path or request.path)),
         "paths": [request.strip_path or request.path],
         "strip_path": bool(request.strip_path),
     }
@@ -538,7 +541,11 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 class KongWorker:
-    """One Kong worker with one ``ai-metrics`` plugin entity configured."""
+    """One Kong worker with one ``ai-metrics`` plugin entity configured.
+
+    The entity is global unless ``route_id``, ``service_id`` or ``consumer_id`` scopes
+    it; Kong then runs it only for requests that match, which the caller arranges.
+    """
 
     def __init__(
         self,
@@ -547,11 +554,15 @@ class KongWorker:
         config: dict[str, Any] | None,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         connections: int = 1,
+        route_id: str | None = None,
+        service_id: str | None = None,
+        consumer_id: str | None = None,
     ) -> None:
         self.rpc = RpcClient(socket_path, read_timeout, connections)
         self.info = plugin_info
         self.plugin_id = str(uuid.uuid4())
         self.config = validate_config(plugin_info["Schema"]["fields"][0]["config"]["fields"], config)
+        self.scope = {"route_id": route_id, "service_id": service_id, "consumer_id": consumer_id}
         self.seq = 1
         self.instance_id: int | None = None
         # The __seq__ that instance_id was started with; a newer seq restarts the instance.
@@ -571,12 +582,18 @@ class KongWorker:
         self.seq += 1
 
     def _config_json(self) -> str:
+        # get_plugin_config in kong/runloop/plugins_iterator.lua: the scope ids are Lua
+        # nil when unset, so cjson leaves them out, and __key__ is the DAO cache key
+        # name:route:service:consumer:(unused):workspace.
         conf = dict(self.config)
+        conf.update({name: value for name, value in self.scope.items() if value})
+        ws_id = "0dc6f45b-8f8d-40d2-a504-473544ee190b"
+        key_parts = (self.info["Name"], self.scope["route_id"], self.scope["service_id"], self.scope["consumer_id"], None, ws_id)
         conf.update(
             {
                 "__plugin_id": self.plugin_id,
-                "__ws_id": "0dc6f45b-8f8d-40d2-a504-473544ee190b",
-                "__key__": f"plugins:{self.info['Name']}::::0dc6f45b-8f8d-40d2-a504-473544ee190b",
+                "__ws_id": ws_id,
+                "__key__": "plugins:" + ":".join(part or "" for part in key_parts),
                 "__seq__": self.seq,
             }
         )

@@ -77,8 +77,8 @@ def make_worker(plugin_server: PluginServer) -> Iterator[Callable[..., KongWorke
     """Build Kong workers (one plugin entity each) connected to ``plugin_server``."""
     workers: list[KongWorker] = []
 
-    def build(config: dict[str, Any] | None = None, read_timeout: float = 10.0, connections: int = 1) -> KongWorker:
-        worker = KongWorker(plugin_server.socket_path, plugin_server.info, config, read_timeout=read_timeout, connections=connections)
+    def build(config: dict[str, Any] | None = None, read_timeout: float = 10.0, connections: int = 1, **scope: str) -> KongWorker:
+        worker = KongWorker(plugin_server.socket_path, plugin_server.info, config, read_timeout=read_timeout, connections=connections, **scope)
         workers.append(worker)
         return worker
 

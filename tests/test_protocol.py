@@ -445,3 +445,17 @@ def test_invalid_utf8_header_in_serialized_log(plugin_server: PluginServer, make
     assert outcome.log.status == "ok"
     assert plugin_server.value("kong_ai_metrics_errors_total") == 0
     assert tokens(plugin_server, "gpt-4o-mini", "total_tokens") == 37
+
+
+def test_start_instance_config_carries_scope(make_worker: Any) -> None:
+    # kong/runloop/plugins_iterator.lua get_plugin_config: set scope ids only, and the
+    # DAO cache key name:route:service:consumer::workspace as __key__.
+    route = "5f0c2a8e-2d4b-4c61-9a0e-7b3d1e6f4a21"
+    scoped = json.loads(make_worker({"ai_metrics": True}, route_id=route)._config_json())
+    assert scoped["route_id"] == route
+    assert "service_id" not in scoped
+    assert "consumer_id" not in scoped
+    assert scoped["__key__"] == f"plugins:ai-metrics:{route}::::{scoped['__ws_id']}"
+    unscoped = json.loads(make_worker({"ai_metrics": True})._config_json())
+    assert "route_id" not in unscoped
+    assert unscoped["__key__"] == f"plugins:ai-metrics:::::{unscoped['__ws_id']}"
