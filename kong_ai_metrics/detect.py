@@ -119,6 +119,16 @@ def streams_by_default(path: str) -> bool:
     return bool(match and match.group("op") in ("chat", "generate"))
 
 
+def host_takes_stream_from_body(host: str) -> bool:
+    """Return True when every API served at ``host`` takes the stream flag from the request body.
+
+    True only for the public hosts of OpenAI, Azure OpenAI, Anthropic, Cohere and
+    Mistral, where a body without ``stream`` requests a whole answer. Anthropic on
+    Vertex, Gemini, Bedrock, TGI and Ollama may stream by the URL or by default.
+    """
+    return _provider_from_host(host.lower(), "") in (OPENAI, AZURE, ANTHROPIC, COHERE, MISTRAL)
+
+
 def _provider_from_host(host: str, path: str) -> str | None:
     if host == "api.openai.com":
         return OPENAI

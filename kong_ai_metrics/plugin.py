@@ -10,9 +10,12 @@ starts the event, so the handlers make as few as they can:
 
 - access, ``ai_metrics`` false: none.
 - access, ``ai_metrics`` true: the request body; the upstream URI only when the body
-  does not state ``stream``, streamed answers are not buffered, and the ``provider``
-  setting does not rule out a stream flag in the URL; then one call to pass the request
-  facts on. For an answer that will be parsed, that call is
+  does not state ``stream``, streamed answers are not buffered, and neither the
+  ``provider`` setting nor the Service's host rules out a stream flag in the URL; then
+  one call to pass the request facts on. The Service's host comes from this instance's
+  earlier log events, and only when the plugin is configured on a route or a Service:
+  Kong then puts ``route_id`` or ``service_id`` in the config, and every request of the
+  instance goes to that one Service. For an answer that will be parsed, that call is
   ``kong.nginx.set_ctx("buffered_proxying", facts)``: Kong tests that ctx field for
   truth (``kong/init.lua``, ``kong/pdk/service/response.lua``), so the facts table
   turns buffering on exactly as ``enable_buffering()`` does, and it reaches the log
@@ -74,7 +77,14 @@ def current_metrics() -> Metrics:
 
 class Plugin:
     def __init__(self, config: dict[str, Any]) -> None:
-        self.config = PluginConfig.from_kong(config if isinstance(config, dict) else {})
+        conf = config if isinstance(config, dict) else {}
+        self.config = PluginConfig.from_kong(conf)
+        # A global or consumer-wide plugin runs for many Services, so it learns no host.
+        self._one_service = bool(conf.get("route_id") or conf.get("service_id"))
+        # True while the Service's host, as the latest log event reported it, takes the
+        # stream flag from the request body alone. A changed host is seen at the next log
+        # event; requests already past access until then are decided by the old host.
+        self._host_takes_stream_from_body = False
 
     def access(self, kong: Any) -> None:
         if not self.config.ai_metrics:
@@ -105,7 +115,7 @@ class Plugin:
         if self.config.buffer_streaming_responses:
             # Every response is buffered, so the stream flag is settled in the log phase.
             buffered = True
-        elif stated.stream is not None or self.config.provider in _BODY_FLAG_PROVIDERS:
+        elif stated.stream is not None or self._body_decides_stream():
             buffered = not stated.stream
         else:
             upstream_uri = kong.nginx.get_var("upstream_uri")
@@ -118,6 +128,12 @@ class Plugin:
         else:
             kong.log.set_serialize_value(REQUEST_FACTS_KEY, {**facts, "stream": True, "buffered": False})
 
+    def _body_decides_stream(self) -> bool:
+        """Return True when a request body without ``stream`` requests a whole answer."""
+        if self.config.provider is not None:
+            return self.config.provider in _BODY_FLAG_PROVIDERS
+        return self._host_takes_stream_from_body
+
     def _log(self, kong: Any) -> None:
         raw = kong.log.serialize()
         try:
@@ -128,6 +144,8 @@ class Plugin:
             log.warning("kong.log.serialize() returned no JSON object; exchange not recorded")
             current_metrics().errors.labels("log").inc()
             return
+        if self._one_service:
+            self._host_takes_stream_from_body = _service_takes_stream_from_body(serialized)
 
         body: bytes | None = None
         # A request that never reached the balancer (an earlier plugin's exit, no Service)
@@ -143,6 +161,19 @@ class Plugin:
         metrics = current_metrics()
         for exchange in build_exchanges(serialized, self.config, body):
             metrics.record(exchange)
+
+
+def _service_takes_stream_from_body(serialized: dict[str, Any]) -> bool:
+    """Return True when the Service in the serialized log takes the stream flag from the body.
+
+    Return False when Kong's AI plugins logged statistics, because ai-proxy picks the
+    upstream itself and the Service's host may not be that upstream.
+    """
+    if has_kong_statistics(serialized):
+        return False
+    service = serialized.get("service")
+    host = service.get("host") if isinstance(service, dict) else None
+    return isinstance(host, str) and detect.host_takes_stream_from_body(host)
 
 
 def _buffered_facts(serialized: dict[str, Any], carried: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kong_ai_metrics.detect import Route, detect, url_stream
+from kong_ai_metrics.detect import Route, detect, host_takes_stream_from_body, url_stream
 from kong_ai_metrics.providers import read_request
 
 
@@ -61,6 +61,28 @@ def test_gateway_prefix_before_api_path() -> None:
 )
 def test_url_stream(path: str, expected: bool | None) -> None:
     assert url_stream(path) is expected
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("api.openai.com", True),
+        ("API.OpenAI.com", True),
+        ("contoso.openai.azure.com", True),
+        ("api.anthropic.com", True),
+        ("api.cohere.com", True),
+        ("api.mistral.ai", True),
+        # Stream flag in the URL, or streaming by default, or unknown.
+        ("us-east5-aiplatform.googleapis.com", False),
+        ("generativelanguage.googleapis.com", False),
+        ("bedrock-runtime.us-east-1.amazonaws.com", False),
+        ("router.huggingface.co", False),
+        ("ollama.internal", False),
+        ("", False),
+    ],
+)
+def test_host_takes_stream_from_body(host: str, expected: bool) -> None:
+    assert host_takes_stream_from_body(host) is expected
 
 
 def test_request_model_and_stream_from_body() -> None:

@@ -77,6 +77,90 @@ def test_provider_setting_saves_uri_read(plugin_server: PluginServer, make_worke
     assert total_tokens(plugin_server) == 40
 
 
+ROUTE_ID = "5f0c2a8e-2d4b-4c61-9a0e-7b3d1e6f4a21"
+SERVICE_ID = "c1d7e3a9-8b2f-4e5d-a6c0-3f9b8e2d1a74"
+ACCESS_URI = ["kong.request.get_raw_body", "kong.nginx.get_var", "kong.nginx.set_ctx"]
+OLLAMA_CHAT = KongRequest(
+    method="POST",
+    path="/api/chat",
+    body=b'{"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}',
+    service_host="ollama.internal",
+    service_port=11434,
+    service_id=SERVICE_ID,
+)
+OLLAMA_STREAM = (
+    b'{"model":"llama3.2","message":{"role":"assistant","content":"Hi"},"done":false}\n'
+    b'{"model":"llama3.2","message":{"role":"assistant","content":""},"done":true,"prompt_eval_count":26,"eval_count":3}\n'
+)
+NDJSON = {"content-type": "application/x-ndjson"}
+
+
+def test_global_plugin_reads_uri_every_time(plugin_server: PluginServer, make_worker: Any) -> None:
+    # A global plugin sees every Service, so no log event tells it the next request's host.
+    worker = make_worker({"ai_metrics": True})
+    for _ in range(2):
+        outcome = worker.exchange(chat(None), UpstreamResponse(200, JSON, ANSWER))
+        assert outcome.access.methods == ACCESS_URI
+    assert total_tokens(plugin_server) == 80
+
+
+def test_route_plugin_learns_service_host(plugin_server: PluginServer, make_worker: Any) -> None:
+    worker = make_worker({"ai_metrics": True}, route_id=ROUTE_ID)
+    first = worker.exchange(chat(None), UpstreamResponse(200, JSON, ANSWER))
+    assert first.access.round_trips == 4
+    assert first.access.methods == ACCESS_URI
+    second = worker.exchange(chat(None), UpstreamResponse(200, JSON, ANSWER))
+    assert second.access.round_trips == 3
+    assert second.access.methods == ACCESS_BUFFERED
+    assert second.buffered is True
+    assert second.log.round_trips == 4
+    assert total_tokens(plugin_server) == 80
+
+
+def test_service_plugin_follows_changed_host(plugin_server: PluginServer, make_worker: Any) -> None:
+    worker = make_worker({"ai_metrics": True}, service_id=SERVICE_ID)
+    openai = KongRequest(method="POST", path="/v1/chat/completions", body=json.dumps(PROMPT).encode(), service_id=SERVICE_ID)
+    worker.exchange(openai, UpstreamResponse(200, JSON, ANSWER))
+    assert worker.exchange(openai, UpstreamResponse(200, JSON, ANSWER)).access.methods == ACCESS_BUFFERED
+    # The Service is repointed at Ollama, whose /api/chat streams by default. The first
+    # request after the change is still decided by the old host and buffered, as the
+    # README documents. Its log event reports the new host, so the next one is not.
+    stale = worker.exchange(OLLAMA_CHAT, UpstreamResponse(200, NDJSON, OLLAMA_STREAM))
+    assert stale.buffered is True
+    fresh = worker.exchange(OLLAMA_CHAT, UpstreamResponse(200, NDJSON, OLLAMA_STREAM))
+    assert fresh.buffered is False
+    assert fresh.access.methods == ["kong.request.get_raw_body", "kong.nginx.get_var", "kong.log.set_serialize_value"]
+    assert total_tokens(plugin_server, "llama3.2") == 29
+    assert plugin_server.value("kong_ai_llm_usage_unknown_total", ai_model="llama3.2", reason="body_not_buffered") == 1
+
+
+def test_route_with_ai_proxy_learns_no_host(plugin_server: PluginServer, make_worker: Any) -> None:
+    # ai-proxy picks the upstream itself (here Gemini behind an api.openai.com Service),
+    # so the plugin learns no host from a log event that carries Kong's AI statistics.
+    statistics = {"proxy": {"meta": {"provider_name": "gemini", "request_model": "gemini-2.5-flash"}, "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}}
+    worker = make_worker({"ai_metrics": True}, route_id=ROUTE_ID)
+    gemini = KongRequest(
+        method="POST",
+        path="/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        body=b'{"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}',
+        ai_statistics=statistics,
+    )
+    for _ in range(2):
+        outcome = worker.exchange(gemini, UpstreamResponse(200, SSE, b"data: {}\n\n"))
+        assert outcome.access.methods == ["kong.request.get_raw_body", "kong.nginx.get_var", "kong.log.set_serialize_value"]
+        assert outcome.buffered is False
+    assert total_tokens(plugin_server, "gemini-2.5-flash") == 12
+
+
+def test_provider_setting_overrides_learned_host(plugin_server: PluginServer, make_worker: Any) -> None:
+    # With provider ollama, a body without "stream" streams whatever the Service host is.
+    worker = make_worker({"ai_metrics": True, "provider": "ollama"}, route_id=ROUTE_ID)
+    for _ in range(2):
+        outcome = worker.exchange(OLLAMA_CHAT, UpstreamResponse(200, NDJSON, OLLAMA_STREAM))
+        assert outcome.buffered is False
+    assert plugin_server.value("kong_ai_llm_requests_total", ai_provider="ollama", ai_model="llama3.2") == 2
+
+
 def test_buffered_streams_save_uri_read(plugin_server: PluginServer, make_worker: Any) -> None:
     worker = make_worker({"ai_metrics": True, "buffer_streaming_responses": True})
     whole = worker.exchange(chat(None), UpstreamResponse(200, JSON, ANSWER))
