@@ -16,6 +16,7 @@ import gc
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from greenlet import greenlet
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -89,6 +90,9 @@ class Metrics:
         self.prefix = prefix
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.models = ModelLimit(max_models)
+        # Labelled children by (metric, label values). prometheus_client's labels() takes a
+        # lock and checks every value on each call; the series count bounds this dict.
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         p = prefix
         r = self.registry
 
@@ -164,6 +168,7 @@ class Metrics:
             registry=r,
         )
         self._debug_gauges: _DebugCollector | None = None
+        self.in_progress = {phase: self.events_in_progress.labels(phase) for phase in ("access", "log")}
 
     def enable_debug_gauges(self) -> None:
         """Register gauges for diagnosing leaks: the live greenlets of the process.
@@ -179,20 +184,32 @@ class Metrics:
         """Add one exchange to every metric it concerns, with bounded label values."""
         labels = self._bounded_labels(exchange)
         provider, model, workspace = labels[0], labels[1], labels[6]
-        self.requests.labels(*labels).inc()
+        self._child(self.requests, labels).inc()
 
         usage = exchange.usage
         if usage.known:
             self._record_tokens(labels, usage)
         else:
             reason = usage.unknown_reason or "unknown"
-            self.usage_unknown.labels(provider, model, workspace, reason).inc()
+            self._child(self.usage_unknown, (provider, model, workspace, reason)).inc()
 
         if exchange.cost is not None and exchange.cost > 0 and math.isfinite(exchange.cost):
-            self.cost.labels(*labels).inc(exchange.cost)
-        _observe(self.provider_latency, labels, exchange.latency_ms)
-        _observe(self.cache_fetch_latency, labels, exchange.cache_fetch_latency_ms)
-        _observe(self.cache_embeddings_latency, labels, exchange.cache_embeddings_latency_ms)
+            self._child(self.cost, labels).inc(exchange.cost)
+        self._observe(self.provider_latency, labels, exchange.latency_ms)
+        self._observe(self.cache_fetch_latency, labels, exchange.cache_fetch_latency_ms)
+        self._observe(self.cache_embeddings_latency, labels, exchange.cache_embeddings_latency_ms)
+
+    def _child(self, metric: Counter | Histogram, values: tuple[str, ...]) -> Any:
+        """Return ``metric.labels(*values)``, looked up once per series."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
+    def _observe(self, histogram: Histogram, labels: tuple[str, ...], value: float | None) -> None:
+        if value is not None and math.isfinite(value) and value >= 0:
+            self._child(histogram, labels).observe(value)
 
     def _bounded_labels(self, exchange: Exchange) -> tuple[str, ...]:
         labels = [bound_label(value) for value in exchange.ai_labels()]
@@ -219,12 +236,7 @@ class Metrics:
             # Kong adds nothing for a zero count, so no zero series appears either. A
             # negative count can only come from a parser bug, and Counter.inc raises on it.
             if count is not None and count > 0:
-                self.tokens.labels(*base, token_type, workspace).inc(count)
-
-
-def _observe(histogram: Histogram, labels: tuple[str, ...], value: float | None) -> None:
-    if value is not None and math.isfinite(value) and value >= 0:
-        histogram.labels(*labels).observe(value)
+                self._child(self.tokens, (*base, token_type, workspace)).inc(count)
 
 
 class _DebugCollector(Collector):

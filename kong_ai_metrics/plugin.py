@@ -89,20 +89,26 @@ class Plugin:
     def access(self, kong: Any) -> None:
         if not self.config.ai_metrics:
             return
-        with current_metrics().events_in_progress.labels("access").track_inprogress():
-            try:
-                self._access(kong)
-            except Exception:  # noqa: BLE001 - intentional: nothing may escape a phase handler
-                log.exception("ai-metrics access phase failed; the request continues unmeasured")
-                current_metrics().errors.labels("access").inc()
+        in_progress = current_metrics().in_progress["access"]
+        in_progress.inc()
+        try:
+            self._access(kong)
+        except Exception:  # noqa: BLE001 - intentional: nothing may escape a phase handler
+            log.exception("ai-metrics access phase failed; the request continues unmeasured")
+            current_metrics().errors.labels("access").inc()
+        finally:
+            in_progress.dec()
 
     def log(self, kong: Any) -> None:
-        with current_metrics().events_in_progress.labels("log").track_inprogress():
-            try:
-                self._log(kong)
-            except Exception:  # noqa: BLE001 - intentional: nothing may escape a phase handler
-                log.exception("ai-metrics log phase failed; this exchange is not recorded")
-                current_metrics().errors.labels("log").inc()
+        in_progress = current_metrics().in_progress["log"]
+        in_progress.inc()
+        try:
+            self._log(kong)
+        except Exception:  # noqa: BLE001 - intentional: nothing may escape a phase handler
+            log.exception("ai-metrics log phase failed; this exchange is not recorded")
+            current_metrics().errors.labels("log").inc()
+        finally:
+            in_progress.dec()
 
     def _access(self, kong: Any) -> None:
         # 0 means "no size limit": with any other value Kong returns nil for a body
