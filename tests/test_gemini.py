@@ -16,8 +16,9 @@ from kong_ai_metrics.config import Price
 from kong_ai_metrics.cost import compute_cost
 from kong_ai_metrics.detect import Route
 from kong_ai_metrics.providers import parse_response
-from kong_ai_metrics.providers.gemini import JSONArrayStreamDecoder
+from kong_ai_metrics.providers.gemini import JSONArrayStreamDecoder, scan_array
 from kong_ai_metrics.usage import Usage
+from kong_ai_metrics.wire import WireError
 
 from .test_openai import numbers
 
@@ -429,6 +430,53 @@ def test_json_array_decoder_split_inside_escape() -> None:
     assert decoder.feed(body[:split]) == []
     assert decoder.feed(body[split:]) == [{"text": 'a"]}'}]
     assert decoder.flush() is False
+
+
+def reference_elements(body: bytes) -> tuple[list[Any], bool] | str:
+    decoder = JSONArrayStreamDecoder()
+    try:
+        return decoder.feed(body), decoder.flush()
+    except WireError as exc:
+        return exc.reason
+
+
+def fast_elements(body: bytes) -> tuple[list[Any], bool] | str:
+    elements: list[Any] = []
+    try:
+        cut_off = scan_array(body, elements.append)
+    except WireError as exc:
+        return exc.reason
+    return elements, cut_off
+
+
+def test_array_elements_match_stream_decoder_on_every_cut() -> None:
+    # Raw non-ASCII text, so that byte and character offsets differ and some cuts fall
+    # inside a UTF-8 sequence.
+    chunks = [{"candidates": [candidate("Grüße, 東京 😀 [ok] {x}")]}, *ARRAY_CHUNKS]
+    body = ("[" + "\r\n,\r\n".join(json.dumps(chunk, indent=2, ensure_ascii=False) for chunk in chunks) + "]").encode()
+    for cut in range(len(body) + 1):
+        assert fast_elements(body[:cut]) == reference_elements(body[:cut]), f"cut at {cut}"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'[{"a": 1}, {"b": "\xff"}, {"c": 3}]',  # invalid UTF-8 inside the second element
+        b'[{"a": 1}, 7, {"c": 3}]',  # an element that is not an object
+        b'[{"a": 1}, {"b": 2]',  # a bracket that does not match
+        b'[{"a": 1}] trailing',
+        b'{"a": 1}',
+        b"",
+        b"  [  ",
+    ],
+)
+def test_array_elements_match_stream_decoder_on_bad_input(body: bytes) -> None:
+    assert fast_elements(body) == reference_elements(body)
+
+
+def test_array_elements_cut_off_tiny_elements() -> None:
+    result = fast_elements(b"[" + b"{}," * 1000)
+    assert result == ([{}] * 1000, True)
 
 
 # ---------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ stream without one was cut off.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -172,10 +173,47 @@ def _parse_array_stream(body: bytes) -> u.Usage:
                 state.add(chunk)
             return state.result(cut_off=False)
 
+    cut_off = scan_array(body, state.add)
+    return state.result(cut_off=cut_off)
+
+
+_JSON_DECODER = json.JSONDecoder()
+_WHITESPACE = re.compile(r"[ \t\r\n]*")
+_SEPARATORS = re.compile(r"[ \t\r\n,]*")
+
+
+def scan_array(body: bytes, add: Callable[[Any], None]) -> bool:
+    """Decode a streamed JSON array whose closing bracket may be missing.
+
+    Pass each complete element to ``add`` and return True when the array was cut off.
+    No list of elements is built, so memory does not grow with their number. The standard
+    library's decoder reads one complete element per call, which is several times
+    faster than ``JSONArrayStreamDecoder`` when the elements are small. From the first
+    element that it cannot decode (cut off, malformed, or not valid UTF-8), the stream
+    decoder takes over, because it can tell a cut-off element from a malformed one.
+    """
+    try:
+        text = body.decode()
+    except UnicodeDecodeError as exc:
+        text = body[: exc.start].decode()
+    rest = body
+    position = _WHITESPACE.match(text).end()  # type: ignore[union-attr]
+    if text.startswith("[", position):
+        position += 1
+        while True:
+            position = _SEPARATORS.match(text, position).end()  # type: ignore[union-attr]
+            if not text.startswith(("{", "["), position):
+                break
+            try:
+                element, position = _JSON_DECODER.raw_decode(text, position)
+            except (ValueError, RecursionError):
+                break
+            add(element)
+        rest = b"[" + body[len(text[:position].encode()) :]
     decoder = JSONArrayStreamDecoder()
-    for chunk in decoder.feed(body):
-        state.add(chunk)
-    return state.result(cut_off=decoder.flush())
+    for element in decoder.feed(rest):
+        add(element)
+    return decoder.flush()
 
 
 # Inside an element, the tokens that matter: a whole string literal (skipped in one match,
