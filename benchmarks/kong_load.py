@@ -48,6 +48,10 @@ class LoadError(Exception):
     """The server replied with something Kong would treat as a failure."""
 
 
+# The id of the one route every exchange of the load goes through.
+ROUTE_ID = "3f2c1a9e-0b7d-4c5e-8f6a-2d1b9c8e7f60"
+
+
 @dataclass(frozen=True)
 class Scenario:
     """One kind of exchange: the request Kong proxies and the upstream's response."""
@@ -94,7 +98,7 @@ class Scenario:
             },
             "latencies": {"kong": 1, "proxy": 812, "request": 815, "receive": 2},
             "tries": [{"ip": "192.0.2.10", "port": 443, "balancer_start": started, "balancer_latency": 0, "balancer_start_ns": started * 1_000_000, "balancer_latency_ns": 12_000}],
-            "route": {"id": "3f2c1a9e-0b7d-4c5e-8f6a-2d1b9c8e7f60", "name": "llm-chat", "paths": ["/v1"], "protocols": ["https"], "strip_path": False, "preserve_host": False},
+            "route": {"id": ROUTE_ID, "name": "llm-chat", "paths": ["/v1"], "protocols": ["https"], "strip_path": False, "preserve_host": False},
             "service": {"id": "6b1e8d2c-4f3a-4e9b-a7c5-1d2e3f4a5b6c", "name": "openai", "host": self.service_host, "port": 443, "protocol": "https", "path": None},
             "client_ip": "10.0.4.17",
             "started_at": started,
@@ -112,6 +116,7 @@ class LoadResult:
     access_latencies_ns: list[int]
     access_round_trips: int
     log_round_trips: int
+    first_access_round_trips: int
     access_methods: list[str]
     log_methods: list[str]
     client_cpu_seconds: float
@@ -161,6 +166,8 @@ class _KongConnection:
         self.stopping = False
         self.latencies: list[int] = []
         self.exchanges = 0
+        # The first and the latest exchange: the plugin may learn from its first log event.
+        self.first_trace: _ExchangeTrace | None = None
         self.trace: _ExchangeTrace | None = None
         self.interval = interval
         self.next_start = 0.0
@@ -246,8 +253,9 @@ class _KongConnection:
                 reply = yield _step(method, reply["EventId"], value)
 
             self.exchanges += 1
-            if self.trace is None:
-                self.trace = trace
+            if self.first_trace is None:
+                self.first_trace = trace
+            self.trace = trace
             trace = _ExchangeTrace()
         yield None
 
@@ -302,7 +310,9 @@ def _step(method: str, event_id: int, value: Any) -> tuple[str, list[Any]]:
 def start_instance(socket_path: str, name: str, config: dict[str, Any]) -> int:
     """Start one plugin instance the way Kong does and return its id."""
     conf = dict(config)
-    conf.update({"__plugin_id": "9d3c1b5e-7a2f-4e8d-b6c4-0f1e2d3c4b5a", "__seq__": 1, "__key__": f"plugins:{name}::::", "__ws_id": "0dc6f45b-8f8d-40d2-a504-473544ee190b"})
+    ws_id = "0dc6f45b-8f8d-40d2-a504-473544ee190b"
+    scope = ":".join(conf.get(key) or "" for key in ("route_id", "service_id", "consumer_id"))
+    conf.update({"__plugin_id": "9d3c1b5e-7a2f-4e8d-b6c4-0f1e2d3c4b5a", "__seq__": 1, "__key__": f"plugins:{name}:{scope}::{ws_id}", "__ws_id": ws_id})
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(socket_path)
         sock.sendall(msgpack.packb([0, 1, "plugin.StartInstance", [{"Name": name, "Config": orjson.dumps(conf).decode()}]]))
@@ -409,6 +419,7 @@ def run_load(
             kong.sock.close()
 
     trace = kongs[0].trace or _ExchangeTrace()
+    first = kongs[0].first_trace or trace
     latencies = [value for kong in kongs for value in kong.latencies]
     return LoadResult(
         connections=connections,
@@ -417,6 +428,7 @@ def run_load(
         access_latencies_ns=latencies,
         access_round_trips=trace.access_round_trips,
         log_round_trips=trace.log_round_trips,
+        first_access_round_trips=first.access_round_trips,
         access_methods=trace.access_methods,
         log_methods=trace.log_methods,
         client_cpu_seconds=client_cpu,
