@@ -285,6 +285,10 @@ def event_loop_hold(settings: Settings) -> None:
     for body in payloads.provider_bodies(target_whole=MB, target_stream=MB):
         if body.stream and body.grown and body.provider != "openai":
             cases.append((f"{body.label}, stream", body))
+    # The worst case of the Gemini array scan: tiny elements and no closing bracket, as
+    # only a misbehaving upstream sends. Complete arrays parse in one call.
+    tiny = b"[" + b"{}," * (MB // 3)
+    cases.append(("gemini array cut off, 1 MB of {} elements, stream", Scenario("hostile", "/v1beta/models/gemini-2.5-flash:streamGenerateContent", b"", 200, {"content-type": "application/json"}, tiny, service_host="generativelanguage.googleapis.com")))
 
     rows = []
     for label, case in cases:
