@@ -8,11 +8,9 @@ it into an unknown-usage reason.
 from __future__ import annotations
 
 import json
-import re
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import brotli
 
@@ -138,11 +136,10 @@ def loads(data: bytes | str) -> Any:
         raise WireError("malformed_body", f"invalid JSON: {exc}") from exc
 
 
-_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
+_COLON = ord(":")
 
 
-@dataclass(frozen=True)
-class SSEEvent:
+class SSEEvent(NamedTuple):
     event: str
     data: str
 
@@ -164,21 +161,16 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buf = self._buffer + chunk if self._buffer else chunk
-        events: list[SSEEvent] = []
-        pos = 0
-        size = len(buf)
-        # One regex scan finds every line ending, so a body of CR-only lines costs linear
-        # time (searching for LF from each line start would rescan the rest every time).
-        for ending in _LINE_ENDING.finditer(buf):
-            if ending.end() == size and buf[ending.start()] == 0x0D and ending.end() - ending.start() == 1:
-                # A CR at the very end may be the first half of a CRLF still in transit.
-                break
-            event = self._process_line(buf[pos : ending.start()])
-            pos = ending.end()
-            if event is not None:
-                events.append(event)
-        self._buffer = buf[pos:]
-        return events
+        # The complete lines end at the last LF, or at the last CR before the final byte:
+        # a CR at the very end may be the first half of a CRLF still in transit.
+        end = max(buf.rfind(b"\n"), buf.rfind(b"\r", 0, len(buf) - 1))
+        if end < 0:
+            self._buffer = buf
+            return []
+        self._buffer = buf[end + 1 :]
+        # bytes.splitlines breaks at LF, CRLF and CR, exactly the SSE line endings, in
+        # one linear pass.
+        return self._process_lines(buf[: end + 1].splitlines())
 
     def flush(self) -> tuple[list[SSEEvent], bool]:
         """Return the events still pending and whether the stream ended mid-event."""
@@ -193,26 +185,29 @@ class SSEDecoder:
         self._has_field = False
         return events, leftover
 
-    def _process_line(self, raw: bytes) -> SSEEvent | None:
-        if not raw:
-            if not self._has_field:
-                return None
-            event = SSEEvent(self._event, "\n".join(self._data))
-            self._event, self._data, self._has_field = "", [], False
-            return event
-        line = raw.decode("utf-8", errors="replace")
-        if line.startswith(":"):
-            return None
-        name, sep, value = line.partition(":")
-        if sep and value.startswith(" "):
-            value = value[1:]
-        if name == "event":
-            self._event = value
-            self._has_field = True
-        elif name == "data":
-            self._data.append(value)
-            self._has_field = True
-        return None
+    def _process_lines(self, lines: list[bytes]) -> list[SSEEvent]:
+        # One loop over local variables: this runs for every line of every streamed body.
+        events: list[SSEEvent] = []
+        name, data, has_field = self._event, self._data, self._has_field
+        for raw in lines:
+            if not raw:
+                if has_field:
+                    events.append(SSEEvent(name, "\n".join(data)))
+                    name, data, has_field = "", [], False
+                continue
+            if raw[0] == _COLON:
+                continue
+            field, colon, value = raw.decode("utf-8", errors="replace").partition(":")
+            if colon and value.startswith(" "):
+                value = value[1:]
+            if field == "data":
+                data.append(value)
+                has_field = True
+            elif field == "event":
+                name = value
+                has_field = True
+        self._event, self._data, self._has_field = name, data, has_field
+        return events
 
 
 def iter_sse(body: bytes) -> tuple[list[SSEEvent], bool]:

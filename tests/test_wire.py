@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from collections.abc import Callable
 
 import brotli
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kong_ai_metrics.wire import SSEDecoder, SSEEvent, WireError, decode_content, iter_ndjson, iter_sse
 
@@ -117,3 +120,35 @@ def test_sse_many_cr_only_lines() -> None:
     events, incomplete = iter_sse(b"\r" * 2_000_000 + b"data: x\r\r")
     assert events == [SSEEvent("", "x")]
     assert incomplete is False
+
+
+def reference_sse(body: bytes) -> tuple[list[SSEEvent], bool]:
+    """Apply the WHATWG event-stream rules line by line, written for clarity rather than speed."""
+    *lines, partial = re.split(rb"\r\n|\r|\n", body)
+    events: list[SSEEvent] = []
+    name, data, has_field = "", [], False
+    for raw in lines:
+        line = raw.decode("utf-8", errors="replace")
+        if line == "":
+            if has_field:
+                events.append(SSEEvent(name, "\n".join(data)))
+            name, data, has_field = "", [], False
+        elif not line.startswith(":"):
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field in ("event", "data"):
+                has_field = True
+                if field == "event":
+                    name = value
+                else:
+                    data.append(value)
+    return events, bool(partial.strip()) or has_field
+
+
+sse_pieces = st.sampled_from([b"data:", b"data: ", b"data", b"event: x", b"event:", b"id: 1", b":c", b"\n", b"\r", b"\r\n", b"\n\n", b"{}", b"x", b"\xff", b"\xe2\x82", b" "])
+
+
+@settings(max_examples=1000, deadline=None)
+@given(body=st.one_of(st.lists(sse_pieces, max_size=80).map(b"".join), st.binary(max_size=400)))
+def test_sse_decoder_matches_reference_rules(body: bytes) -> None:
+    assert iter_sse(body) == reference_sse(body)
