@@ -119,14 +119,16 @@ def streams_by_default(path: str) -> bool:
     return bool(match and match.group("op") in ("chat", "generate"))
 
 
-def host_takes_stream_from_body(host: str) -> bool:
-    """Return True when every API served at ``host`` takes the stream flag from the request body.
+def body_flag_provider(host: str) -> str | None:
+    """Return the provider at ``host`` when every API there takes the stream flag from the body.
 
-    True only for the public hosts of OpenAI, Azure OpenAI, Anthropic, Cohere and
-    Mistral, where a body without ``stream`` requests a whole answer. Anthropic on
-    Vertex, Gemini, Bedrock, TGI and Ollama may stream by the URL or by default.
+    Only the public hosts of OpenAI, Azure OpenAI, Anthropic, Cohere and Mistral
+    qualify, where a body without ``stream`` requests a non-streamed response. Anthropic on
+    Vertex, Gemini, Bedrock, TGI and Ollama may stream by the URL or by default, so
+    their hosts return None, as do unknown hosts.
     """
-    return _provider_from_host(host.lower(), "") in (OPENAI, AZURE, ANTHROPIC, COHERE, MISTRAL)
+    provider = _provider_from_host(host.lower(), "")
+    return provider if provider in (OPENAI, AZURE, ANTHROPIC, COHERE, MISTRAL) else None
 
 
 def _provider_from_host(host: str, path: str) -> str | None:

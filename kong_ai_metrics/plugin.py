@@ -81,10 +81,11 @@ class Plugin:
         self.config = PluginConfig.from_kong(conf)
         # A global or consumer-wide plugin runs for many Services, so it learns no host.
         self._one_service = bool(conf.get("route_id") or conf.get("service_id"))
-        # True while the Service's host, as the latest log event reported it, takes the
-        # stream flag from the request body alone. A changed host is seen at the next log
-        # event; requests already past access until then are decided by the old host.
-        self._host_takes_stream_from_body = False
+        # The provider of the Service's host, as the latest log event reported it, when
+        # that host takes the stream flag from the request body alone; otherwise None.
+        # The next log event reports a changed host. Until then, requests in access are
+        # decided by the old host.
+        self._body_flag_host_provider: str | None = None
 
     def access(self, kong: Any) -> None:
         if not self.config.ai_metrics:
@@ -135,10 +136,14 @@ class Plugin:
             kong.log.set_serialize_value(REQUEST_FACTS_KEY, {**facts, "stream": True, "buffered": False})
 
     def _body_decides_stream(self) -> bool:
-        """Return True when a request body without ``stream`` requests a whole answer."""
-        if self.config.provider is not None:
-            return self.config.provider in _BODY_FLAG_PROVIDERS
-        return self._host_takes_stream_from_body
+        """Return True when a request body without ``stream`` requests a non-streamed response."""
+        provider = self.config.provider
+        if provider in _BODY_FLAG_PROVIDERS:
+            return True
+        # The Service's host counts when it agrees with the provider setting, if any:
+        # provider anthropic on api.anthropic.com, but not on Vertex.
+        learned = self._body_flag_host_provider
+        return learned is not None and provider in (None, learned)
 
     def _log(self, kong: Any) -> None:
         raw = kong.log.serialize()
@@ -151,7 +156,7 @@ class Plugin:
             current_metrics().errors.labels("log").inc()
             return
         if self._one_service:
-            self._host_takes_stream_from_body = _service_takes_stream_from_body(serialized)
+            self._body_flag_host_provider = _body_flag_service_provider(serialized)
 
         body: bytes | None = None
         # A request that never reached the balancer (an earlier plugin's exit, no Service)
@@ -169,17 +174,17 @@ class Plugin:
             metrics.record(exchange)
 
 
-def _service_takes_stream_from_body(serialized: dict[str, Any]) -> bool:
-    """Return True when the Service in the serialized log takes the stream flag from the body.
+def _body_flag_service_provider(serialized: dict[str, Any]) -> str | None:
+    """Return the provider of the Service in the serialized log if it takes the stream flag from the body.
 
-    Return False when Kong's AI plugins logged statistics, because ai-proxy picks the
+    Return None when Kong's AI plugins logged statistics, because ai-proxy picks the
     upstream itself and the Service's host may not be that upstream.
     """
     if has_kong_statistics(serialized):
-        return False
+        return None
     service = serialized.get("service")
     host = service.get("host") if isinstance(service, dict) else None
-    return isinstance(host, str) and detect.host_takes_stream_from_body(host)
+    return detect.body_flag_provider(host) if isinstance(host, str) else None
 
 
 def _buffered_facts(serialized: dict[str, Any], carried: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kong_ai_metrics.detect import Route, detect, host_takes_stream_from_body, url_stream
+from kong_ai_metrics.detect import Route, body_flag_provider, detect, url_stream
 from kong_ai_metrics.providers import read_request
 
 
@@ -66,23 +66,23 @@ def test_url_stream(path: str, expected: bool | None) -> None:
 @pytest.mark.parametrize(
     ("host", "expected"),
     [
-        ("api.openai.com", True),
-        ("API.OpenAI.com", True),
-        ("contoso.openai.azure.com", True),
-        ("api.anthropic.com", True),
-        ("api.cohere.com", True),
-        ("api.mistral.ai", True),
+        ("api.openai.com", "openai"),
+        ("API.OpenAI.com", "openai"),
+        ("contoso.openai.azure.com", "azure"),
+        ("api.anthropic.com", "anthropic"),
+        ("api.cohere.com", "cohere"),
+        ("api.mistral.ai", "mistral"),
         # Stream flag in the URL, or streaming by default, or unknown.
-        ("us-east5-aiplatform.googleapis.com", False),
-        ("generativelanguage.googleapis.com", False),
-        ("bedrock-runtime.us-east-1.amazonaws.com", False),
-        ("router.huggingface.co", False),
-        ("ollama.internal", False),
-        ("", False),
+        ("us-east5-aiplatform.googleapis.com", None),
+        ("generativelanguage.googleapis.com", None),
+        ("bedrock-runtime.us-east-1.amazonaws.com", None),
+        ("router.huggingface.co", None),
+        ("ollama.internal", None),
+        ("", None),
     ],
 )
-def test_host_takes_stream_from_body(host: str, expected: bool) -> None:
-    assert host_takes_stream_from_body(host) is expected
+def test_body_flag_provider(host: str, expected: str | None) -> None:
+    assert body_flag_provider(host) == expected
 
 
 def test_request_model_and_stream_from_body() -> None:

@@ -161,6 +161,32 @@ def test_provider_setting_overrides_learned_host(plugin_server: PluginServer, ma
     assert plugin_server.value("kong_ai_llm_requests_total", ai_provider="ollama", ai_model="llama3.2") == 2
 
 
+def test_provider_setting_agreeing_with_host_saves_uri_read(plugin_server: PluginServer, make_worker: Any) -> None:
+    # Anthropic streams by the URL on Vertex, so provider anthropic alone needs the URI;
+    # on api.anthropic.com the stream flag is in the body.
+    messages = b'{"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}'
+    answer = json.dumps(
+        {"type": "message", "model": "claude-sonnet-4-5", "content": [], "stop_reason": "end_turn", "usage": {"input_tokens": 12, "output_tokens": 5}}
+    ).encode()
+    anthropic = KongRequest(method="POST", path="/v1/messages", body=messages, service_host="api.anthropic.com")
+    vertex = KongRequest(
+        method="POST",
+        path="/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5:streamRawPredict",
+        body=b'{"anthropic_version": "vertex-2023-10-16", "max_tokens": 64, "messages": []}',
+        service_host="us-east5-aiplatform.googleapis.com",
+    )
+    direct = make_worker({"ai_metrics": True, "provider": "anthropic"}, route_id=ROUTE_ID)
+    assert direct.exchange(anthropic, UpstreamResponse(200, JSON, answer)).access.methods == ACCESS_URI
+    second = direct.exchange(anthropic, UpstreamResponse(200, JSON, answer))
+    assert second.access.methods == ACCESS_BUFFERED
+    assert plugin_server.value("kong_ai_llm_tokens_total", ai_model="claude-sonnet-4-5", token_type="total_tokens") == 34
+    on_vertex = make_worker({"ai_metrics": True, "provider": "anthropic"}, route_id=SERVICE_ID)
+    for _ in range(2):
+        outcome = on_vertex.exchange(vertex, UpstreamResponse(200, SSE, b"event: ping\ndata: {}\n\n"))
+        assert outcome.access.methods == ["kong.request.get_raw_body", "kong.nginx.get_var", "kong.log.set_serialize_value"]
+        assert outcome.buffered is False
+
+
 def test_buffered_streams_save_uri_read(plugin_server: PluginServer, make_worker: Any) -> None:
     worker = make_worker({"ai_metrics": True, "buffer_streaming_responses": True})
     whole = worker.exchange(chat(None), UpstreamResponse(200, JSON, ANSWER))
