@@ -198,7 +198,7 @@ def round_trips() -> None:
                     rows.append(row)
             worker.close()
     table(["exchange", "access", "log", "PDK calls (access | log)"], rows)
-    print("before this change: access 5 (upstream URI, body, set_serialize_value, enable_buffering), log 4")
+    print("earlier versions of the plugin: access 5 (upstream URI, body, set_serialize_value, enable_buffering), log 4")
 
 
 # ---------------------------------------------------------------------------------
