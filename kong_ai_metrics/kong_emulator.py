@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -285,6 +285,8 @@ class ExchangeOutcome:
     log: PhaseOutcome
     client_status: int
     buffered: bool
+    # What kong.log.serialize() returned in the log timer, before the plugin's changes.
+    serialized: dict[str, Any] = field(default_factory=dict)
 
 
 class _RequestContext:
@@ -695,6 +697,13 @@ class KongWorker:
 
     def exchange(self, request: KongRequest, upstream: UpstreamResponse) -> ExchangeOutcome:
         """Run one request through access, the proxy and the log timer."""
+        # Kong runs a scoped plugin only on its own route or Service, so the logged
+        # entities carry the scope's ids unless the request names its own.
+        request = replace(
+            request,
+            route_id=request.route_id or self.scope["route_id"],
+            service_id=request.service_id or self.scope["service_id"],
+        )
         ctx = _RequestContext(request)
         if request.exit_before is not None:
             # The earlier plugin's exit ends the access phase before this plugin's turn.
@@ -735,7 +744,7 @@ class KongWorker:
             "route": _route_entity(request),
         }
         log_outcome = self.run_event("log", _fail_methods(_LogTimerPdk(snapshot, self.plugin_id).methods, request))
-        return ExchangeOutcome(access=access, log=log_outcome, client_status=status, buffered=buffered)
+        return ExchangeOutcome(access=access, log=log_outcome, client_status=status, buffered=buffered, serialized=serialized)
 
 
 def _fail_methods(methods: dict[str, Callable[..., Any]], request: KongRequest) -> dict[str, Callable[..., Any]]:

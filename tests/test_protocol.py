@@ -456,6 +456,8 @@ def test_start_instance_config_carries_scope(make_worker: Any) -> None:
     assert "service_id" not in scoped
     assert "consumer_id" not in scoped
     assert scoped["__key__"] == f"plugins:ai-metrics:{route}::::{scoped['__ws_id']}"
+    request, upstream = chat_exchange()
+    assert make_worker({"ai_metrics": True}, route_id=route).exchange(request, upstream).serialized["route"]["id"] == route
     unscoped = json.loads(make_worker({"ai_metrics": True})._config_json())
     assert "route_id" not in unscoped
     assert unscoped["__key__"] == f"plugins:ai-metrics:::::{unscoped['__ws_id']}"
