@@ -96,9 +96,12 @@ def url_stream(path: str) -> bool | None:
     """Return the stream flag that the path alone decides, or None when the body decides.
 
     Used in the access phase, before the Service host is known: only path shapes
-    that belong to a single provider are considered.
+    that belong to a single provider are considered, and a ``stream=true`` query
+    parameter (OpenAI's and Azure's retrieval of a background response).
     """
-    path = path.split("?", 1)[0]
+    path, _, query = path.partition("?")
+    if query and "stream=true" in query.split("&"):
+        return True
     for pattern in (_GEMINI_PATH, _ANTHROPIC_VERTEX_PATH, _BEDROCK_PATH):
         match = pattern.search(path)
         if match:

@@ -10,16 +10,16 @@ starts the event, so the handlers make as few as they can:
 
 - access, ``ai_metrics`` false: none.
 - access, ``ai_metrics`` true: the request body; the upstream URI only when the body
-  does not state ``stream``, streamed answers are not buffered, and neither the
+  does not state ``stream``, streamed responses are not buffered, and neither the
   ``provider`` setting nor the Service's host rules out a stream flag in the URL; then
   one call to pass the request facts on. The Service's host comes from this instance's
   earlier log events, and only when the plugin is configured on a route or a Service:
   Kong then puts ``route_id`` or ``service_id`` in the config, and every request of the
-  instance goes to that one Service. For an answer that will be parsed, that call is
+  instance goes to that one Service. For a response that will be parsed, that call is
   ``kong.nginx.set_ctx("buffered_proxying", facts)``: Kong tests that ctx field for
   truth (``kong/init.lua``, ``kong/pdk/service/response.lua``), so the facts table
   turns buffering on exactly as ``enable_buffering()`` does, and it reaches the log
-  timer in the ctx copy. A streamed answer left unbuffered gets its facts through
+  timer in the ctx copy. A streamed response left unbuffered gets its facts through
   ``kong.log.set_serialize_value`` instead.
 - log: the serialized log. When it holds no Kong AI statistics and no facts, and the
   request reached the balancer, the buffering field (the facts, and the guard that keeps
@@ -81,11 +81,14 @@ class Plugin:
         self.config = PluginConfig.from_kong(conf)
         # A global or consumer-wide plugin runs for many Services, so it learns no host.
         self._one_service = bool(conf.get("route_id") or conf.get("service_id"))
-        # The provider of the Service's host, as the latest log event reported it, when
-        # that host takes the stream flag from the request body alone; otherwise None.
-        # The next log event reports a changed host. Until then, requests in access are
-        # decided by the old host.
+        # The provider of the Service's host when that host takes the stream flag from the
+        # request body alone, otherwise None, as the latest log event reported it. A
+        # changed host shows in the next log event, and until then the old one decides.
         self._body_flag_host_provider: str | None = None
+        # Set for good once a log event carries Kong's AI statistics: ai-proxy picks the
+        # upstream itself, so the Service's host may not be that upstream. Adding or
+        # removing ai-proxy is a plugin change, after which Kong starts a new instance.
+        self._ai_proxy_seen = False
 
     def access(self, kong: Any) -> None:
         if not self.config.ai_metrics:
@@ -122,7 +125,7 @@ class Plugin:
         if self.config.buffer_streaming_responses:
             # Every response is buffered, so the stream flag is settled in the log phase.
             buffered = True
-        elif stated.stream is not None or self._body_decides_stream():
+        elif stated.stream is not None or (stated.json_object and self._body_decides_stream()):
             buffered = not stated.stream
         else:
             upstream_uri = kong.nginx.get_var("upstream_uri")
@@ -145,6 +148,21 @@ class Plugin:
         learned = self._body_flag_host_provider
         return learned is not None and provider in (None, learned)
 
+    def _learn_service_host(self, serialized: dict[str, Any]) -> None:
+        """Record from a log event whether the Service's host takes the stream flag from the body."""
+        if self._ai_proxy_seen:
+            return
+        if has_kong_statistics(serialized):
+            self._ai_proxy_seen = True
+            self._body_flag_host_provider = None
+            return
+        if not serialized.get("tries"):
+            # Never proxied (an earlier plugin's exit, say): ai-proxy may not have run.
+            return
+        service = serialized.get("service")
+        host = service.get("host") if isinstance(service, dict) else None
+        self._body_flag_host_provider = detect.body_flag_provider(host) if isinstance(host, str) else None
+
     def _log(self, kong: Any) -> None:
         raw = kong.log.serialize()
         try:
@@ -156,7 +174,7 @@ class Plugin:
             current_metrics().errors.labels("log").inc()
             return
         if self._one_service:
-            self._body_flag_host_provider = _body_flag_service_provider(serialized)
+            self._learn_service_host(serialized)
 
         body: bytes | None = None
         # A request that never reached the balancer (an earlier plugin's exit, no Service)
@@ -172,19 +190,6 @@ class Plugin:
         metrics = current_metrics()
         for exchange in build_exchanges(serialized, self.config, body):
             metrics.record(exchange)
-
-
-def _body_flag_service_provider(serialized: dict[str, Any]) -> str | None:
-    """Return the provider of the Service in the serialized log if it takes the stream flag from the body.
-
-    Return None when Kong's AI plugins logged statistics, because ai-proxy picks the
-    upstream itself and the Service's host may not be that upstream.
-    """
-    if has_kong_statistics(serialized):
-        return None
-    service = serialized.get("service")
-    host = service.get("host") if isinstance(service, dict) else None
-    return detect.body_flag_provider(host) if isinstance(host, str) else None
 
 
 def _buffered_facts(serialized: dict[str, Any], carried: Any) -> dict[str, Any]:

@@ -100,5 +100,35 @@ def test_ollama_streams_without_stream_field() -> None:
     assert read_request("/api/chat", b'{"model": "llama3.2", "stream": false}', 1 << 20).stream is False
 
 
+MULTIPART = (
+    b"--bnd\r\n"
+    b'Content-Disposition: form-data; name="file"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\nRIFF\x00\r\n'
+    b"--bnd\r\n"
+    b'Content-Disposition: form-data; name="model"\r\n\r\ngpt-4o-transcribe\r\n'
+    b"--bnd\r\n"
+    b'Content-Disposition: form-data; name="stream"\r\n\r\n%s\r\n'
+    b"--bnd--\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "stream"),
+    [
+        # OpenAI's transcription API takes a multipart form with a stream field.
+        ("/v1/audio/transcriptions", MULTIPART % b"true", True),
+        ("/v1/audio/transcriptions", MULTIPART % b"false", False),
+        ("/v1/audio/transcriptions", MULTIPART.replace(b'name="stream"', b'name="streamed"') % b"true", False),
+        # The speech API requests SSE with stream_format.
+        ("/v1/audio/speech", b'{"model": "gpt-4o-mini-tts", "input": "hi", "stream_format": "sse"}', True),
+        ("/v1/audio/speech", b'{"model": "gpt-4o-mini-tts", "input": "hi", "stream_format": "audio"}', False),
+        # Retrieving a background response streams with a query parameter.
+        ("/v1/responses/resp_68af?stream=true", b"", True),
+        ("/v1/responses/resp_68af?stream=false", b"", False),
+    ],
+)
+def test_stream_flags_outside_the_json_stream_field(path: str, body: bytes, stream: bool) -> None:
+    assert read_request(path, body, 1 << 20).stream is stream
+
+
 def test_request_body_over_limit_gives_no_model() -> None:
     assert read_request("/v1/chat/completions", b'{"model": "gpt-4o"}', 5).model is None

@@ -13,6 +13,7 @@ from typing import Any
 from kong_ai_metrics.kong_emulator import KongRequest, UpstreamResponse
 
 from .conftest import PluginServer
+from .test_detect import MULTIPART
 
 PROMPT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarise the incident report."}]}
 ANSWER = json.dumps(
@@ -96,7 +97,7 @@ NDJSON = {"content-type": "application/x-ndjson"}
 
 
 def test_global_plugin_reads_uri_every_time(plugin_server: PluginServer, make_worker: Any) -> None:
-    # A global plugin sees every Service, so no log event tells it the next request's host.
+    # A global plugin runs for every Service, so no log event tells it the next request's host.
     worker = make_worker({"ai_metrics": True})
     for _ in range(2):
         outcome = worker.exchange(chat(None), UpstreamResponse(200, JSON, ANSWER))
@@ -115,6 +116,21 @@ def test_route_plugin_learns_service_host(plugin_server: PluginServer, make_work
     assert second.buffered is True
     assert second.log.round_trips == 4
     assert total_tokens(plugin_server) == 80
+
+
+def test_learned_host_leaves_other_stream_flags_alone(plugin_server: PluginServer, make_worker: Any) -> None:
+    # On api.openai.com a body without "stream" usually requests a whole response, but a
+    # multipart form or a bodyless GET states its stream flag elsewhere.
+    worker = make_worker({"ai_metrics": True}, route_id=ROUTE_ID)
+    worker.exchange(chat(None), UpstreamResponse(200, JSON, ANSWER))
+    transcription = KongRequest(method="POST", path="/v1/audio/transcriptions", body=MULTIPART % b"true")
+    outcome = worker.exchange(transcription, UpstreamResponse(200, SSE, b'data: {"type": "transcript.text.done"}\n\n'))
+    assert outcome.access.methods == ["kong.request.get_raw_body", "kong.log.set_serialize_value"]
+    assert outcome.buffered is False
+    resumed = KongRequest(method="GET", path="/v1/responses/resp_68af", query="stream=true")
+    outcome = worker.exchange(resumed, UpstreamResponse(200, SSE, b'data: {"type": "response.completed"}\n\n'))
+    assert outcome.access.methods == ["kong.request.get_raw_body", "kong.nginx.get_var", "kong.log.set_serialize_value"]
+    assert outcome.buffered is False
 
 
 def test_service_plugin_follows_changed_host(plugin_server: PluginServer, make_worker: Any) -> None:
@@ -145,10 +161,16 @@ def test_route_with_ai_proxy_learns_no_host(plugin_server: PluginServer, make_wo
         body=b'{"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}',
         ai_statistics=statistics,
     )
-    for _ in range(2):
-        outcome = worker.exchange(gemini, UpstreamResponse(200, SSE, b"data: {}\n\n"))
-        assert outcome.access.methods == ["kong.request.get_raw_body", "kong.nginx.get_var", "kong.log.set_serialize_value"]
-        assert outcome.buffered is False
+    rate_limited = KongRequest(method="POST", path=gemini.path, body=gemini.body, exit_before=429)
+    # An ai-proxy failure that logs no statistics, after the request was proxied.
+    failed = KongRequest(method="POST", path=gemini.path, body=gemini.body)
+    # Neither a request that an earlier plugin rejected nor one without statistics may
+    # make the plugin trust the host, before or after ai-proxy's statistics were seen.
+    for request in (rate_limited, gemini, failed, rate_limited, gemini):
+        outcome = worker.exchange(request, UpstreamResponse(200, SSE, b"data: {}\n\n"))
+        if request is gemini:
+            assert outcome.access.methods == ["kong.request.get_raw_body", "kong.nginx.get_var", "kong.log.set_serialize_value"]
+            assert outcome.buffered is False
     assert total_tokens(plugin_server, "gemini-2.5-flash") == 12
 
 

@@ -10,6 +10,7 @@ lower-case names (some providers report counts there).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -62,6 +63,8 @@ class RequestBody:
 
     model: str | None = None
     stream: bool | None = None
+    # False for an empty, multipart or otherwise non-JSON body, which no parser's API takes.
+    json_object: bool = False
 
 
 def read_request(path: str, body: bytes, limit: int) -> RequestFacts:
@@ -75,21 +78,37 @@ def read_request(path: str, body: bytes, limit: int) -> RequestFacts:
 
 
 def read_request_body(body: bytes, limit: int) -> RequestBody:
-    """Return the model and stream flag that a JSON request body states; nothing for other bodies."""
+    """Return the model and stream flag that a request body states.
+
+    A JSON object states them in ``model`` and ``stream``, but OpenAI's speech API
+    requests a stream with ``"stream_format": "sse"`` instead. A multipart form (OpenAI's
+    transcription API) states only the stream flag, in a ``stream`` field.
+    """
     if not body or len(body) > limit:
         return RequestBody()
     try:
         document = loads(body)
     except WireError:
-        return RequestBody()
+        field = _MULTIPART_STREAM_FIELD.search(body) if body.startswith(b"--") else None
+        return RequestBody(stream=field.group(1).lower() == b"true" if field else None)
     if not isinstance(document, dict):
         return RequestBody()
     model = document.get("model")
     stream = document.get("stream")
+    if stream is None and document.get("stream_format") == "sse":
+        stream = True
     return RequestBody(
         model if isinstance(model, str) and model else None,
         stream if isinstance(stream, bool) else None,
+        json_object=True,
     )
+
+
+# A form field named "stream": its part's headers, a blank line, then the value.
+_MULTIPART_STREAM_FIELD = re.compile(
+    rb'\nContent-Disposition:[ \t]*form-data;[ \t]*name="stream"[^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n(true|false)\r?\n',
+    re.IGNORECASE,
+)
 
 
 def stream_mode(path: str, body_stream: bool | None) -> bool:
