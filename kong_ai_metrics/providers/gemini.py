@@ -186,16 +186,19 @@ def scan_array(body: bytes, add: Callable[[Any], None]) -> bool:
     """Decode a streamed JSON array whose closing bracket may be missing.
 
     Pass each complete element to ``add`` and return True when the array was cut off.
-    No list of elements is built, so memory does not grow with their number. The standard
+    No list of elements is built, so memory does not grow with their number, but the
+    body is copied: about three times its size at the peak for ASCII text. The standard
     library's decoder reads one complete element per call, which is several times
     faster than ``JSONArrayStreamDecoder`` when the elements are small. From the first
     element that it cannot decode (cut off, malformed, or not valid UTF-8), the stream
     decoder takes over, because it can tell a cut-off element from a malformed one.
     """
+    # surrogatepass, as the standard library's json.loads reads bytes: an encoded lone
+    # surrogate is valid there, so it must not end the fast path either.
     try:
-        text = body.decode()
+        text = body.decode("utf-8", "surrogatepass")
     except UnicodeDecodeError as exc:
-        text = body[: exc.start].decode()
+        text = body[: exc.start].decode("utf-8", "surrogatepass")
     rest = body
     position = _WHITESPACE.match(text).end()  # type: ignore[union-attr]
     if text.startswith("[", position):
@@ -209,7 +212,8 @@ def scan_array(body: bytes, add: Callable[[Any], None]) -> bool:
             except (ValueError, RecursionError):
                 break
             add(element)
-        rest = b"[" + body[len(text[:position].encode()) :]
+        offset = position if text.isascii() else len(text[:position].encode("utf-8", "surrogatepass"))
+        rest = b"[" + body[offset:]
     decoder = JSONArrayStreamDecoder()
     for element in decoder.feed(rest):
         add(element)
