@@ -249,6 +249,7 @@ def _replay_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep /metrics up on --metrics-listen after the replay until interrupted; without it, a free loopback port is used",
     )
+    parser.add_argument("--print-metrics", action="store_true", help="print the whole /metrics exposition after the tables")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging; repeat for debug output")
     _add_metrics_options(parser)
     return parser

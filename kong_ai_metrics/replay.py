@@ -284,6 +284,8 @@ def _row_from_delta(capture: Capture, prefix: str, config: PluginConfig, before:
             row.note = f"usage unknown: {label.get('reason')}"
     if row.provider == "-" and not row.note:
         row.note = "not counted as an LLM exchange"
+    elif row.tokens and row.cost is None and config.price_for(row.model) is None:
+        row.note = "no price for this model"
 
     # The split is recomputed from the counted tokens with the plugin's own price
     # lookup; the total column is the cost the process counted.
@@ -307,14 +309,20 @@ def _print_columns(headers: list[str], cells: list[list[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
 
 
+def _shorten(text: str, width: int = 48) -> str:
+    """Cut a long model name, such as a Bedrock inference profile ARN, for the table."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _money(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6g}"
+    # Fixed-point with up to 10 decimals: a prompt of a few tokens costs about 1e-7.
+    return "-" if value is None else f"{value:.10f}".rstrip("0").rstrip(".") or "0"
 
 
 def _print_tables(rows: list[Row]) -> None:
     token_headers = ["prompt", "completion", "total", "cached", "cache_write", "reasoning"]
     cells = [
-        [r.source, r.provider, r.model, r.stream]
+        [r.source, r.provider, _shorten(r.model), r.stream]
         + [str(r.tokens[t]) if t in r.tokens else "-" for t in _TOKEN_COLUMNS]
         + [_money(r.cost), r.note]
         for r in rows
@@ -326,7 +334,7 @@ def _print_tables(rows: list[Row]) -> None:
         print()
         print("Cost split (per exchange, in the currency of the prices):")
         split_cells = [
-            [r.source, r.model]
+            [r.source, _shorten(r.model)]
             + [_money(v) for v in (r.split.uncached_input, r.split.cached_input, r.split.cache_write, r.split.output)]  # type: ignore[union-attr]
             + [_money(r.cost)]
             for r in priced
@@ -380,7 +388,11 @@ def run_replay(args: argparse.Namespace) -> int:
 
             _print_tables(rows)
             print()
-            print(text, end="")
+            if args.print_metrics:
+                print(text, end="")
+            else:
+                series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+                print(f"{series} series were exposed on {url}. Add --print-metrics to print them, or --serve to keep them up.")
             if args.serve:
                 print(f"\nServing {url} until interrupted (Ctrl-C).", file=sys.stderr)
                 try:

@@ -30,7 +30,7 @@ def table_rows(output: str) -> dict[str, list[str]]:
 
 
 def test_replay_table_shows_reported_counts() -> None:
-    result = run_replay(str(EXAMPLES / "openai.har"), str(EXAMPLES / "anthropic.har"), "--config", str(EXAMPLES / "config.yaml"))
+    result = run_replay(str(EXAMPLES / "openai.har"), str(EXAMPLES / "anthropic.har"), "--config", str(EXAMPLES / "config.yaml"), "--print-metrics")
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stdout)
     # exchange, provider, model, stream, prompt, completion, total, cached, cache_write, reasoning, cost
@@ -103,3 +103,15 @@ def test_replay_accepts_plugin_entity_config(tmp_path: Path) -> None:
     result = run_replay(str(EXAMPLES / "openai.har"), "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert table_rows(result.stdout)["openai.har#1"][4:7] == ["25", "12", "37"]
+
+
+def test_replay_notes_missing_price_and_summarises_metrics() -> None:
+    result = run_replay(str(EXAMPLES / "ollama.har"), str(EXAMPLES / "openai.har"), "--config", str(EXAMPLES / "config.yaml"))
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout)
+    ollama = next(cells for source, cells in rows.items() if source.startswith("ollama.har"))
+    assert " ".join(ollama[-5:]) == "no price for this model"
+    # gpt-4o-mini at 0.15 and 0.60 per 1M tokens: 25 prompt and 12 completion tokens.
+    assert rows["openai.har#1"][10] == "0.00001095"
+    assert "kong_ai_llm_requests_total{" not in result.stdout
+    assert "series were exposed on http://127.0.0.1:" in result.stdout
