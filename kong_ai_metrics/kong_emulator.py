@@ -114,7 +114,8 @@ class _EmptyMap(dict):  # type: ignore[type-arg]
 def _pack(value: Any) -> bytes:
     # A Lua string is bytes: one that is not valid UTF-8 (a raw header byte) is held here
     # as a str with surrogate escapes and goes out as msgpack str with those raw bytes.
-    return msgpack.packb(_prepare(value), use_bin_type=True, unicode_errors="surrogateescape")
+    packed: bytes = msgpack.packb(_prepare(value), use_bin_type=True, unicode_errors="surrogateescape")
+    return packed
 
 
 def _prepare(value: Any) -> Any:
@@ -789,6 +790,8 @@ def query_plugin_info(dump_output: str) -> dict[str, Any]:
     if not isinstance(plugins, list) or not plugins:
         raise ValueError("query output contains no plugin info: expected a JSON array of plugin infos")
     info = plugins[0]
+    if not isinstance(info, dict):
+        raise ValueError("query output contains no plugin info: expected a JSON object for the plugin")
     priority = info.get("Priority")
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise ValueError(f"Priority must be an integer, got {priority!r}")

@@ -82,7 +82,7 @@ class ServerOptions:
 
 def serve(options: ServerOptions) -> int:
     """Serve RPC on the socket and metrics on the sidecar until SIGTERM or SIGINT; return the exit code."""
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     metrics = Metrics(prefix=options.metric_prefix, max_models=options.max_models)
     if options.debug_gauges:
         metrics.enable_debug_gauges()
