@@ -1,6 +1,6 @@
 """Run every benchmark and print each result as a ratio against a baseline measured in the same run.
 
-    python -m benchmarks.run            # the full run, about 6 minutes on 2 cores
+    python -m benchmarks.run            # the full run, about 4 minutes on 2 cores
     python -m benchmarks.run --quick    # shorter rounds, for a smoke test
 
 The sections: kong-pdk's server modes, then protocol throughput and access-phase latency
