@@ -30,6 +30,7 @@ starts the event, so the handlers make as few as they can:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from . import __version__, detect
@@ -93,26 +94,10 @@ class Plugin:
     def access(self, kong: Any) -> None:
         if not self.config.ai_metrics:
             return
-        in_progress = current_metrics().in_progress["access"]
-        in_progress.inc()
-        try:
-            self._access(kong)
-        except Exception:  # noqa: BLE001 - intentional: nothing may escape a phase handler
-            log.exception("ai-metrics access phase failed; the request continues unmeasured")
-            current_metrics().errors.labels("access").inc()
-        finally:
-            in_progress.dec()
+        _run_guarded("access", self._access, kong, "the request continues unmeasured")
 
     def log(self, kong: Any) -> None:
-        in_progress = current_metrics().in_progress["log"]
-        in_progress.inc()
-        try:
-            self._log(kong)
-        except Exception:  # noqa: BLE001 - intentional: nothing may escape a phase handler
-            log.exception("ai-metrics log phase failed; this exchange is not recorded")
-            current_metrics().errors.labels("log").inc()
-        finally:
-            in_progress.dec()
+        _run_guarded("log", self._log, kong, "this exchange is not recorded")
 
     def _access(self, kong: Any) -> None:
         # 0 means "no size limit": with any other value Kong returns nil for a body
@@ -190,6 +175,20 @@ class Plugin:
         metrics = current_metrics()
         for exchange in build_exchanges(serialized, self.config, body):
             metrics.record(exchange)
+
+
+def _run_guarded(phase: str, handler: Callable[[Any], None], kong: Any, consequence: str) -> None:
+    """Run a phase handler, tracked as in progress, and log and count any exception instead of raising it."""
+    metrics = current_metrics()
+    in_progress = metrics.in_progress[phase]
+    in_progress.inc()
+    try:
+        handler(kong)
+    except Exception:  # noqa: BLE001 - intentional: nothing may escape a phase handler
+        log.exception("ai-metrics %s phase failed; %s", phase, consequence)
+        metrics.errors.labels(phase).inc()
+    finally:
+        in_progress.dec()
 
 
 def _buffered_facts(serialized: dict[str, Any], carried: Any) -> dict[str, Any]:
