@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 from . import __version__, plugin
 from .labels import DEFAULT_MAX_MODELS
@@ -29,6 +31,8 @@ BEARER_TOKEN_FILE_ENV = "KONG_AI_METRICS_BEARER_TOKEN_FILE"
 TLS_CERT_ENV = "KONG_AI_METRICS_TLS_CERT"
 TLS_KEY_ENV = "KONG_AI_METRICS_TLS_KEY"
 DISPATCHER_ENV = "KONG_AI_METRICS_DISPATCHER"
+
+T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,12 +131,26 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _naming_env(convert: Callable[[str], T], env: str) -> Callable[[str], T]:
+    """Wrap an argparse ``type`` so that an invalid value taken from ``env`` names that variable."""
+
+    def parse(text: str) -> T:
+        try:
+            return convert(text)
+        except argparse.ArgumentTypeError as exc:
+            if os.environ.get(env) == text:
+                raise argparse.ArgumentTypeError(f"{exc} (from {env})") from None
+            raise
+
+    return parse
+
+
 def _add_limit_options(parser: argparse.ArgumentParser) -> None:
     # String defaults go through `type` too, so an invalid environment value is
-    # reported like an invalid flag.
+    # reported like an invalid flag, with the variable named.
     parser.add_argument(
         "--max-models",
-        type=_positive_int,
+        type=_naming_env(_positive_int, MAX_MODELS_ENV),
         default=os.environ.get(MAX_MODELS_ENV, str(DEFAULT_MAX_MODELS)),
         metavar="N",
         help=(
@@ -142,7 +160,7 @@ def _add_limit_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--event-timeout",
-        type=_positive_seconds,
+        type=_naming_env(_positive_seconds, EVENT_TIMEOUT_ENV),
         default=os.environ.get(EVENT_TIMEOUT_ENV, f"{DEFAULT_EVENT_TIMEOUT:g}"),
         metavar="SECONDS",
         help=(

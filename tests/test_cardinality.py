@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -230,3 +231,15 @@ def test_cardinality_invalid_max_models_rejected(value: str, tmp_path: Any) -> N
     assert result.returncode == 2
     assert "--max-models" in result.stderr
     assert "positive integer" in result.stderr
+
+
+def test_cardinality_invalid_max_models_from_environment_named(tmp_path: Any) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kong_ai_metrics", "-p", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "KONG_AI_METRICS_MAX_MODELS": "abc"},
+    )
+    assert result.returncode == 2
+    assert "expected a positive integer, got 'abc' (from KONG_AI_METRICS_MAX_MODELS)" in result.stderr
