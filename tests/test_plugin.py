@@ -97,7 +97,7 @@ NDJSON = {"content-type": "application/x-ndjson"}
 
 
 def test_global_plugin_reads_uri_every_time(plugin_server: PluginServer, make_worker: Any) -> None:
-    # A global plugin runs for every Service, so no log event tells it the next request's host.
+    # A global plugin runs for every Service, so no log event gives it the next request's host.
     worker = make_worker({"ai_metrics": True})
     for _ in range(2):
         outcome = worker.exchange(chat(None), UpstreamResponse(200, JSON, ANSWER))
