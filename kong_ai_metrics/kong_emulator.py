@@ -547,7 +547,7 @@ class KongWorker:
     """One Kong worker with one ``ai-metrics`` plugin entity configured.
 
     The entity is global unless ``route_id``, ``service_id`` or ``consumer_id`` scopes
-    it; Kong then runs it only for requests that match, which the caller arranges.
+    it. Kong then runs it only for requests that match, so the caller sends only those.
     """
 
     def __init__(
@@ -585,8 +585,8 @@ class KongWorker:
         self.seq += 1
 
     def _config_json(self) -> str:
-        # get_plugin_config in kong/runloop/plugins_iterator.lua: the scope ids are Lua
-        # nil when unset, so cjson leaves them out, and __key__ is the DAO cache key
+        # As get_plugin_config in kong/runloop/plugins_iterator.lua: unset scope ids are
+        # Lua nil, so cjson leaves them out. __key__ is the DAO cache key
         # name:route:service:consumer:(unused):workspace.
         conf = dict(self.config)
         conf.update({name: value for name, value in self.scope.items() if value})

@@ -90,8 +90,8 @@ class Metrics:
         self.prefix = prefix
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.models = ModelLimit(max_models)
-        # Labelled children by (metric, label values). prometheus_client's labels() takes a
-        # lock and checks every value on each call; the series count bounds this dict.
+        # Labelled children by (metric, label values), because prometheus_client's labels()
+        # takes a lock and checks every value on each call. The series count bounds it.
         self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         p = prefix
         r = self.registry

@@ -82,13 +82,11 @@ class Plugin:
         self.config = PluginConfig.from_kong(conf)
         # A global or consumer-wide plugin runs for many Services, so it learns no host.
         self._one_service = bool(conf.get("route_id") or conf.get("service_id"))
-        # The provider of the Service's host when that host takes the stream flag from the
-        # request body alone, otherwise None, as the latest log event reported it. A
-        # changed host shows in the next log event, and until then the old one decides.
+        # The provider of the Service's host, from the latest proxied log event, when that
+        # host takes the stream flag from the request body alone. Otherwise None.
         self._body_flag_host_provider: str | None = None
-        # Set for good once a log event carries Kong's AI statistics: ai-proxy picks the
-        # upstream itself, so the Service's host may not be that upstream. Adding or
-        # removing ai-proxy is a plugin change, after which Kong starts a new instance.
+        # True once a log event carries Kong's AI statistics, because ai-proxy picks the
+        # upstream itself. Adding or removing ai-proxy makes Kong start a new instance.
         self._ai_proxy_seen = False
 
     def access(self, kong: Any) -> None:
@@ -128,8 +126,8 @@ class Plugin:
         provider = self.config.provider
         if provider in _BODY_FLAG_PROVIDERS:
             return True
-        # The Service's host counts when it agrees with the provider setting, if any:
-        # provider anthropic on api.anthropic.com, but not on Vertex.
+        # The Service's host counts when no provider is set or the setting names the same
+        # provider, such as anthropic on api.anthropic.com (but not on Vertex).
         learned = self._body_flag_host_provider
         return learned is not None and provider in (None, learned)
 
@@ -142,7 +140,7 @@ class Plugin:
             self._body_flag_host_provider = None
             return
         if not serialized.get("tries"):
-            # Never proxied (an earlier plugin's exit, say): ai-proxy may not have run.
+            # An earlier plugin ended the request before the upstream, so ai-proxy may not have run.
             return
         service = serialized.get("service")
         host = service.get("host") if isinstance(service, dict) else None
@@ -178,7 +176,7 @@ class Plugin:
 
 
 def _run_guarded(phase: str, handler: Callable[[Any], None], kong: Any, consequence: str) -> None:
-    """Run a phase handler, tracked as in progress, and log and count any exception instead of raising it."""
+    """Run a phase handler as an event in progress, logging and counting any exception instead of raising it."""
     metrics = current_metrics()
     in_progress = metrics.in_progress[phase]
     in_progress.inc()

@@ -161,8 +161,8 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buf = self._buffer + chunk if self._buffer else chunk
-        # The complete lines end at the last LF, or at the last CR before the final byte:
-        # a CR at the very end may be the first half of a CRLF still in transit.
+        # The complete lines end at the last LF, or at the last CR before the final byte,
+        # because a CR at the very end may be the first half of a CRLF still in transit.
         end = max(buf.rfind(b"\n"), buf.rfind(b"\r", 0, len(buf) - 1))
         if end < 0:
             self._buffer = buf
@@ -186,7 +186,7 @@ class SSEDecoder:
         return events, leftover
 
     def _process_lines(self, lines: list[bytes]) -> list[SSEEvent]:
-        # One loop over local variables: this runs for every line of every streamed body.
+        # One loop over local variables, because this runs for every line of every stream.
         events: list[SSEEvent] = []
         name, data, has_field = self._event, self._data, self._has_field
         for raw in lines:

@@ -233,7 +233,7 @@ def test_cardinality_invalid_max_models_rejected(value: str, tmp_path: Any) -> N
     assert "positive integer" in result.stderr
 
 
-def test_cardinality_invalid_max_models_from_environment_named(tmp_path: Any) -> None:
+def test_invalid_max_models_env_named(tmp_path: Any) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "kong_ai_metrics", "-p", str(tmp_path)],
         capture_output=True,

@@ -126,7 +126,7 @@ MULTIPART = (
         ("/v1/responses/resp_68af?stream=false", b"", False),
     ],
 )
-def test_stream_flags_outside_the_json_stream_field(path: str, body: bytes, stream: bool) -> None:
+def test_stream_flag_outside_json_field(path: str, body: bytes, stream: bool) -> None:
     assert read_request(path, body, 1 << 20).stream is stream
 
 

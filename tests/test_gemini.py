@@ -449,7 +449,7 @@ def fast_elements(body: bytes) -> tuple[list[Any], bool] | str:
     return elements, cut_off
 
 
-def test_array_elements_match_stream_decoder_on_every_cut() -> None:
+def test_scan_array_matches_decoder_every_cut() -> None:
     # Raw non-ASCII text, so that byte and character offsets differ and some cuts fall
     # inside a UTF-8 sequence.
     chunks = [{"candidates": [candidate("Grüße, 東京 😀 [ok] {x}")]}, *ARRAY_CHUNKS]
@@ -470,11 +470,11 @@ def test_array_elements_match_stream_decoder_on_every_cut() -> None:
         b"  [  ",
     ],
 )
-def test_array_elements_match_stream_decoder_on_bad_input(body: bytes) -> None:
+def test_scan_array_matches_decoder_bad_input(body: bytes) -> None:
     assert fast_elements(body) == reference_elements(body)
 
 
-def test_array_elements_cut_off_tiny_elements() -> None:
+def test_scan_array_cut_off_tiny_elements() -> None:
     result = fast_elements(b"[" + b"{}," * 1000)
     assert result == ([{}] * 1000, True)
 

@@ -118,7 +118,7 @@ def test_route_plugin_learns_service_host(plugin_server: PluginServer, make_work
     assert total_tokens(plugin_server) == 80
 
 
-def test_learned_host_leaves_other_stream_flags_alone(plugin_server: PluginServer, make_worker: Any) -> None:
+def test_learned_host_skips_non_json_bodies(plugin_server: PluginServer, make_worker: Any) -> None:
     # On api.openai.com a body without "stream" usually requests a whole response, but a
     # multipart form or a bodyless GET states its stream flag elsewhere.
     worker = make_worker({"ai_metrics": True}, route_id=ROUTE_ID)
@@ -150,7 +150,7 @@ def test_service_plugin_follows_changed_host(plugin_server: PluginServer, make_w
     assert plugin_server.value("kong_ai_llm_usage_unknown_total", ai_model="llama3.2", reason="body_not_buffered") == 1
 
 
-def test_route_with_ai_proxy_learns_no_host(plugin_server: PluginServer, make_worker: Any) -> None:
+def test_ai_proxy_route_learns_no_host(plugin_server: PluginServer, make_worker: Any) -> None:
     # ai-proxy picks the upstream itself (here Gemini behind an api.openai.com Service),
     # so the plugin learns no host from a log event that carries Kong's AI statistics.
     statistics = {"proxy": {"meta": {"provider_name": "gemini", "request_model": "gemini-2.5-flash"}, "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}}
@@ -183,7 +183,7 @@ def test_provider_setting_overrides_learned_host(plugin_server: PluginServer, ma
     assert plugin_server.value("kong_ai_llm_requests_total", ai_provider="ollama", ai_model="llama3.2") == 2
 
 
-def test_provider_setting_agreeing_with_host_saves_uri_read(plugin_server: PluginServer, make_worker: Any) -> None:
+def test_provider_matching_host_skips_uri(plugin_server: PluginServer, make_worker: Any) -> None:
     # Anthropic streams by the URL on Vertex, so provider anthropic alone needs the URI;
     # on api.anthropic.com the stream flag is in the body.
     messages = b'{"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}'

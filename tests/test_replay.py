@@ -105,7 +105,7 @@ def test_replay_accepts_plugin_entity_config(tmp_path: Path) -> None:
     assert table_rows(result.stdout)["openai.har#1"][4:7] == ["25", "12", "37"]
 
 
-def test_replay_notes_missing_price_and_summarises_metrics() -> None:
+def test_replay_missing_price_and_summary() -> None:
     result = run_replay(str(EXAMPLES / "ollama.har"), str(EXAMPLES / "openai.har"), "--config", str(EXAMPLES / "config.yaml"))
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stdout)
